@@ -1,0 +1,318 @@
+//! Wire types of the Oz self-hosted worker protocol.
+//!
+//! Every frame is one WebSocket text message holding a JSON envelope
+//! `{"type": "<type>", "data": {...}}`. Field names and shapes follow what the
+//! official `oz-agent-worker` sends and reads, so that our worker can serve the
+//! official control plane and our server can drive the official worker.
+//!
+//! Decoding is deliberately tolerant: unknown fields are ignored, an unknown
+//! frame type decodes to [`ServerMessage::Unknown`], and a malformed
+//! assignment is reported with whatever task id could still be read, so the
+//! worker can answer it instead of dropping it.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub mod failure;
+pub mod task;
+
+pub use failure::FailureReason;
+pub use task::{
+    AgentConfigSnapshot, AwsInferenceProvider, Harness, InferenceProviders, InstanceShape, Owner,
+    SessionSharing, Sidecar, Task, TaskDefinition,
+};
+
+/// Path of the worker WebSocket endpoint on a control plane.
+pub const WORKER_WS_PATH: &str = "/api/v1/selfhosted/worker/ws";
+
+/// `reason` of a `task_rejected` frame sent because every slot is busy,
+/// exactly as the official worker words it.
+pub const REJECT_AT_CAPACITY: &str = "worker at maximum concurrency";
+
+/// `message` of the `task_completed` frame for a successful task.
+pub const MSG_COMPLETED: &str = "Task completed successfully";
+
+/// `message` of the `task_completed` frame that confirms a user cancellation.
+pub const MSG_CANCELLED: &str = "Task cancelled by user request.";
+
+/// `message` of a `task_failed` frame for a task interrupted by the worker itself
+/// (shutdown), as the official worker words a cancelled context.
+pub const MSG_INTERRUPTED: &str = "The task was interrupted due to an infrastructure issue (context canceled). This is typically transient \u{2014} please try again.";
+
+/// `message` of a `task_failed` frame for a task that ran out of time.
+pub const MSG_TIMED_OUT: &str = "The task exceeded its maximum allowed execution time and was terminated. Consider breaking the task into smaller steps or increasing the timeout.";
+
+/// The generic envelope every frame travels in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// `task_assignment.data`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskAssignment {
+    /// The run id: the key of everything (workspace, replies, `OZ_RUN_ID`).
+    #[serde(default)]
+    pub task_id: String,
+    /// The concrete execution of the run; never echoed back to the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    /// Required in practice; `None` is answered with `task_failed`.
+    #[serde(default)]
+    pub task: Option<Task>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_sidecars: Option<Vec<Sidecar>>,
+    /// Task environment chosen by the server (the run-scoped `WARP_API_KEY`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_vars: BTreeMap<String, String>,
+    /// Extra `oz` CLI tokens, forwarded verbatim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_oz_args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_shape: Option<InstanceShape>,
+}
+
+/// `task_cancellation.data`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskCancellation {
+    #[serde(default)]
+    pub task_id: String,
+}
+
+/// A frame sent by the control plane to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerMessage {
+    TaskAssignment(Box<TaskAssignment>),
+    TaskCancellation(TaskCancellation),
+    /// A type this version does not know (for example an extension, or the
+    /// declared-but-unused `heartbeat`). Logged and ignored, never fatal.
+    Unknown { kind: String },
+}
+
+/// Why a server frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame is not a JSON envelope {{\"type\", \"data\"}}: {0}")]
+    Envelope(#[source] serde_json::Error),
+    /// An assignment whose `data` does not fit the schema. `task_id` is set
+    /// when it could still be read, so that the worker can fail the task
+    /// explicitly instead of leaving the run claimed by nobody.
+    #[error("malformed task_assignment{}: {reason}", task_id.as_deref().map(|t| format!(" for task {t}")).unwrap_or_default())]
+    Assignment {
+        task_id: Option<String>,
+        reason: String,
+    },
+    #[error("malformed {kind} frame: {source}")]
+    Data {
+        kind: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ServerMessage {
+    /// Decode one text frame from the control plane.
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        let env: Envelope = serde_json::from_str(text).map_err(DecodeError::Envelope)?;
+        let data = env.data.unwrap_or(Value::Null);
+        match env.kind.as_str() {
+            "task_assignment" => {
+                let task_id = data
+                    .get("task_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let data = if data.is_null() {
+                    Value::Object(Default::default())
+                } else {
+                    data
+                };
+                serde_json::from_value::<TaskAssignment>(data)
+                    .map(|a| ServerMessage::TaskAssignment(Box::new(a)))
+                    .map_err(|e| DecodeError::Assignment {
+                        task_id,
+                        reason: e.to_string(),
+                    })
+            }
+            "task_cancellation" => serde_json::from_value(data)
+                .map(ServerMessage::TaskCancellation)
+                .map_err(|source| DecodeError::Data {
+                    kind: env.kind.clone(),
+                    source,
+                }),
+            _ => Ok(ServerMessage::Unknown { kind: env.kind }),
+        }
+    }
+
+    /// Encode as the server would send it (used by control planes and tests).
+    pub fn encode(&self) -> String {
+        let (kind, data) = match self {
+            ServerMessage::TaskAssignment(a) => ("task_assignment", to_value(a.as_ref())),
+            ServerMessage::TaskCancellation(c) => ("task_cancellation", to_value(c)),
+            ServerMessage::Unknown { kind } => (kind.as_str(), None),
+        };
+        encode_envelope(kind, data)
+    }
+}
+
+/// A frame sent by a worker to the control plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum WorkerMessage {
+    TaskClaimed(TaskClaimed),
+    TaskRejected(TaskRejected),
+    TaskCompleted(TaskCompleted),
+    TaskFailed(TaskFailed),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskClaimed {
+    pub task_id: String,
+    pub worker_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRejected {
+    pub task_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskCompleted {
+    pub task_id: String,
+    pub message: String,
+    /// `"CANCELLED"` when the completion confirms a user cancellation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_state: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskFailed {
+    pub task_id: String,
+    pub message: String,
+    /// Left out when unknown, as the official worker does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<FailureReason>,
+    /// Left out when no status was observed (0 is never sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// Why a worker frame could not be decoded (server side).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerDecodeError {
+    #[error("frame is not a JSON envelope {{\"type\", \"data\"}}: {0}")]
+    Envelope(#[source] serde_json::Error),
+    #[error("unknown worker frame type {0:?}")]
+    UnknownType(String),
+    #[error("malformed {kind} frame: {source}")]
+    Data {
+        kind: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl WorkerMessage {
+    /// The run this frame is about.
+    pub fn task_id(&self) -> &str {
+        match self {
+            WorkerMessage::TaskClaimed(m) => &m.task_id,
+            WorkerMessage::TaskRejected(m) => &m.task_id,
+            WorkerMessage::TaskCompleted(m) => &m.task_id,
+            WorkerMessage::TaskFailed(m) => &m.task_id,
+        }
+    }
+
+    /// The frame's `type` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WorkerMessage::TaskClaimed(_) => "task_claimed",
+            WorkerMessage::TaskRejected(_) => "task_rejected",
+            WorkerMessage::TaskCompleted(_) => "task_completed",
+            WorkerMessage::TaskFailed(_) => "task_failed",
+        }
+    }
+
+    /// True for the frames that end a task (completed or failed).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_)
+        )
+    }
+
+    pub fn encode(&self) -> String {
+        // Serialising these plain structs cannot fail; fall back to an empty
+        // object rather than panicking if serde ever disagrees.
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// Decode a frame sent by a worker; unknown types are an error the caller
+    /// logs and ignores.
+    pub fn decode(text: &str) -> Result<Self, WorkerDecodeError> {
+        let env: Envelope = serde_json::from_str(text).map_err(WorkerDecodeError::Envelope)?;
+        let data = env.data.unwrap_or(Value::Object(Default::default()));
+        let kind = env.kind;
+        let wrap = |source| WorkerDecodeError::Data {
+            kind: kind.clone(),
+            source,
+        };
+        Ok(match kind.as_str() {
+            "task_claimed" => WorkerMessage::TaskClaimed(serde_json::from_value(data).map_err(wrap)?),
+            "task_rejected" => WorkerMessage::TaskRejected(serde_json::from_value(data).map_err(wrap)?),
+            "task_completed" => {
+                WorkerMessage::TaskCompleted(serde_json::from_value(data).map_err(wrap)?)
+            }
+            "task_failed" => WorkerMessage::TaskFailed(serde_json::from_value(data).map_err(wrap)?),
+            _ => return Err(WorkerDecodeError::UnknownType(kind)),
+        })
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> Option<Value> {
+    serde_json::to_value(v).ok()
+}
+
+fn encode_envelope(kind: &str, data: Option<Value>) -> String {
+    let env = Envelope {
+        kind: kind.to_owned(),
+        data: data.filter(|d| !d.as_object().is_some_and(|o| o.is_empty())),
+    };
+    serde_json::to_string(&env).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Returns true when `id` can be used as one directory name under a workspace
+/// root: not empty, not `.` or `..`, no `/`, `\` or NUL.
+pub fn is_safe_path_component(id: &str) -> bool {
+    !id.is_empty()
+        && id != "."
+        && id != ".."
+        && !id.contains(['/', '\\', '\0'])
+        && id.len() <= 255
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_component() {
+        for bad in ["", ".", "..", "../escape", "a/../../escape", "/abs/path", "a\\b", "a\0b"] {
+            assert!(!is_safe_path_component(bad), "{bad:?} must be rejected");
+        }
+        for good in ["run-1", "01J0ABC", "a.b", "..a", "a..", "x y"] {
+            assert!(is_safe_path_component(good), "{good:?} must be accepted");
+        }
+        assert!(!is_safe_path_component(&"a".repeat(256)));
+    }
+}
