@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod de;
 pub mod failure;
 pub mod task;
 
@@ -58,34 +59,54 @@ pub struct Envelope {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskAssignment {
     /// The run id: the key of everything (workspace, replies, `OZ_RUN_ID`).
-    #[serde(default)]
+    /// Not validated here; check it with [`is_safe_path_component`] before
+    /// using it as a directory name.
+    #[serde(default, deserialize_with = "de::null_as_default")]
     pub task_id: String,
     /// The concrete execution of the run; never echoed back to the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_id: Option<String>,
-    /// Required in practice; `None` is answered with `task_failed`.
-    #[serde(default)]
+    /// Required in practice; `None` (absent or `null`) must be answered with
+    /// `task_failed`. Always encoded, as `null` when absent, like the official
+    /// control plane does.
+    #[serde(default, deserialize_with = "de::object")]
     pub task: Option<Task>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar_image: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::object_list",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub additional_sidecars: Option<Vec<Sidecar>>,
     /// Task environment chosen by the server (the run-scoped `WARP_API_KEY`, …).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "de::null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub env_vars: BTreeMap<String, String>,
     /// Extra `oz` CLI tokens, forwarded verbatim.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "de::null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub additional_oz_args: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::object",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub instance_shape: Option<InstanceShape>,
 }
 
 /// `task_cancellation.data`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskCancellation {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de::null_as_default")]
     pub task_id: String,
 }
 
@@ -96,7 +117,9 @@ pub enum ServerMessage {
     TaskCancellation(TaskCancellation),
     /// A type this version does not know (for example an extension, or the
     /// declared-but-unused `heartbeat`). Logged and ignored, never fatal.
-    Unknown { kind: String },
+    Unknown {
+        kind: String,
+    },
 }
 
 /// Why a server frame could not be decoded.
@@ -105,8 +128,9 @@ pub enum DecodeError {
     #[error("frame is not a JSON envelope {{\"type\", \"data\"}}: {0}")]
     Envelope(#[source] serde_json::Error),
     /// An assignment whose `data` does not fit the schema. `task_id` is set
-    /// when it could still be read, so that the worker can fail the task
-    /// explicitly instead of leaving the run claimed by nobody.
+    /// when a non-empty string could still be read from `data.task_id`, so
+    /// that the worker can fail the task explicitly instead of leaving the
+    /// run claimed by nobody.
     #[error("malformed task_assignment{}: {reason}", task_id.as_deref().map(|t| format!(" for task {t}")).unwrap_or_default())]
     Assignment {
         task_id: Option<String>,
@@ -122,6 +146,10 @@ pub enum DecodeError {
 
 impl ServerMessage {
     /// Decode one text frame from the control plane.
+    ///
+    /// A `task_assignment` without `data` (or with `"data": null`) decodes to
+    /// an assignment with an empty `task_id` and no `task`; the caller decides
+    /// how to answer it.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
         let env: Envelope = serde_json::from_str(text).map_err(DecodeError::Envelope)?;
         let data = env.data.unwrap_or(Value::Null);
@@ -130,20 +158,21 @@ impl ServerMessage {
                 let task_id = data
                     .get("task_id")
                     .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty())
                     .map(str::to_owned);
                 let data = if data.is_null() {
                     Value::Object(Default::default())
                 } else {
                     data
                 };
-                serde_json::from_value::<TaskAssignment>(data)
+                de::from_object::<TaskAssignment>(data)
                     .map(|a| ServerMessage::TaskAssignment(Box::new(a)))
                     .map_err(|e| DecodeError::Assignment {
                         task_id,
                         reason: e.to_string(),
                     })
             }
-            "task_cancellation" => serde_json::from_value(data)
+            "task_cancellation" => de::from_object(data)
                 .map(ServerMessage::TaskCancellation)
                 .map_err(|source| DecodeError::Data {
                     kind: env.kind.clone(),
@@ -202,8 +231,9 @@ pub struct TaskFailed {
     /// Left out when unknown, as the official worker does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<FailureReason>,
-    /// Left out when no status was observed (0 is never sent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Left out when no status was observed. `Some(0)` is left out too, as
+    /// the official worker never sends a zero exit code.
+    #[serde(default, skip_serializing_if = "exit_code_absent")]
     pub exit_code: Option<i32>,
 }
 
@@ -268,15 +298,17 @@ impl WorkerMessage {
             source,
         };
         Ok(match kind.as_str() {
-            "task_claimed" => WorkerMessage::TaskClaimed(serde_json::from_value(data).map_err(wrap)?),
-            "task_rejected" => WorkerMessage::TaskRejected(serde_json::from_value(data).map_err(wrap)?),
-            "task_completed" => {
-                WorkerMessage::TaskCompleted(serde_json::from_value(data).map_err(wrap)?)
-            }
-            "task_failed" => WorkerMessage::TaskFailed(serde_json::from_value(data).map_err(wrap)?),
+            "task_claimed" => WorkerMessage::TaskClaimed(de::from_object(data).map_err(wrap)?),
+            "task_rejected" => WorkerMessage::TaskRejected(de::from_object(data).map_err(wrap)?),
+            "task_completed" => WorkerMessage::TaskCompleted(de::from_object(data).map_err(wrap)?),
+            "task_failed" => WorkerMessage::TaskFailed(de::from_object(data).map_err(wrap)?),
             _ => return Err(WorkerDecodeError::UnknownType(kind)),
         })
     }
+}
+
+fn exit_code_absent(code: &Option<i32>) -> bool {
+    matches!(code, None | Some(0))
 }
 
 fn to_value<T: Serialize>(v: &T) -> Option<Value> {
@@ -294,11 +326,7 @@ fn encode_envelope(kind: &str, data: Option<Value>) -> String {
 /// Returns true when `id` can be used as one directory name under a workspace
 /// root: not empty, not `.` or `..`, no `/`, `\` or NUL.
 pub fn is_safe_path_component(id: &str) -> bool {
-    !id.is_empty()
-        && id != "."
-        && id != ".."
-        && !id.contains(['/', '\\', '\0'])
-        && id.len() <= 255
+    !id.is_empty() && id != "." && id != ".." && !id.contains(['/', '\\', '\0']) && id.len() <= 255
 }
 
 #[cfg(test)]
@@ -307,7 +335,16 @@ mod tests {
 
     #[test]
     fn safe_component() {
-        for bad in ["", ".", "..", "../escape", "a/../../escape", "/abs/path", "a\\b", "a\0b"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../escape",
+            "a/../../escape",
+            "/abs/path",
+            "a\\b",
+            "a\0b",
+        ] {
             assert!(!is_safe_path_component(bad), "{bad:?} must be rejected");
         }
         for good in ["run-1", "01J0ABC", "a.b", "..a", "a..", "x y"] {

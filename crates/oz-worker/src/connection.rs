@@ -1,0 +1,331 @@
+//! The one WebSocket connection to the control plane.
+//!
+//! One task owns the socket: it reads frames, writes queued messages and
+//! sends pings, so writes can never race. Messages are taken off the queue
+//! only after they were written; a write that fails leaves the message at the
+//! front of the queue for the next connection. Tasks keep running while the
+//! connection is down, and what they report meanwhile is sent after the
+//! reconnect.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use oz_protocol::{ServerMessage, WorkerMessage};
+use rand::RngExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Settings, connect_url};
+
+/// A WS ping goes out this often.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// With no frame (data, ping or pong) for this long the connection is dead.
+pub const PONG_WAIT: Duration = Duration::from_secs(60);
+/// Deadline for each write.
+pub const WRITE_WAIT: Duration = Duration::from_secs(10);
+/// Deadline for the opening handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(45);
+/// A connection that lasted this long resets the backoff; a shorter one
+/// (for example a server that accepts and closes at once) does not.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Exponential backoff from 1 s to 60 s with ±25% jitter, so that many
+/// workers cut off together do not reconnect in lockstep.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let factor = rand::rng().random_range(0.75..=1.25);
+        base.mul_f64(factor).clamp(BACKOFF_MIN, BACKOFF_MAX)
+    }
+
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+/// How the connection task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Every queued message was written and the socket closed cleanly.
+    Delivered,
+    /// Stopped before everything could be written.
+    Undelivered { pending: usize },
+}
+
+pub struct Connection {
+    settings: Arc<Settings>,
+    inbound: mpsc::UnboundedSender<ServerMessage>,
+    /// Answers the worker sends without a task (malformed frames).
+    outbox: mpsc::UnboundedReceiver<WorkerMessage>,
+    pending: VecDeque<WorkerMessage>,
+    /// Set once the worker has nothing more to say: flush, close, return.
+    closing: CancellationToken,
+    /// Stop now, whatever is still queued.
+    abort: CancellationToken,
+}
+
+enum SessionEnd {
+    Closed,
+    Lost(String),
+    Aborted,
+}
+
+impl Connection {
+    pub fn new(
+        settings: Arc<Settings>,
+        inbound: mpsc::UnboundedSender<ServerMessage>,
+        outbox: mpsc::UnboundedReceiver<WorkerMessage>,
+        closing: CancellationToken,
+        abort: CancellationToken,
+    ) -> Self {
+        Connection {
+            settings,
+            inbound,
+            outbox,
+            pending: VecDeque::new(),
+            closing,
+            abort,
+        }
+    }
+
+    pub async fn run(mut self) -> Finish {
+        let mut backoff = Backoff::default();
+        loop {
+            if self.abort.is_cancelled() {
+                return self.undelivered();
+            }
+            if self.closing.is_cancelled() && self.nothing_queued() {
+                return Finish::Delivered;
+            }
+            let attempt = tokio::select! {
+                r = self.connect() => r,
+                _ = self.abort.cancelled() => return self.undelivered(),
+            };
+            match attempt {
+                Ok(ws) => {
+                    tracing::info!(url = %self.settings.websocket_url, worker_id = %self.settings.worker_id, "Connected to Oz");
+                    tracing::info!("Listening for tasks");
+                    let started = Instant::now();
+                    match self.session(ws).await {
+                        SessionEnd::Closed => return Finish::Delivered,
+                        SessionEnd::Aborted => return self.undelivered(),
+                        SessionEnd::Lost(why) => {
+                            tracing::warn!(reason = %why, queued = self.pending.len(), "connection to the control plane lost; tasks keep running and their results are sent after reconnecting");
+                        }
+                    }
+                    if started.elapsed() >= STABLE_AFTER {
+                        backoff.reset();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(url = %self.settings.websocket_url, error = %e, "cannot connect to the control plane")
+                }
+            }
+            let delay = backoff.next_delay();
+            tracing::info!(delay = %humantime::format_duration(round_ms(delay)), "reconnecting");
+            tokio::select! {
+                _ = sleep(delay) => {}
+                _ = self.abort.cancelled() => return self.undelivered(),
+            }
+        }
+    }
+
+    fn nothing_queued(&mut self) -> bool {
+        while let Ok(m) = self.outbox.try_recv() {
+            self.pending.push_back(m);
+        }
+        self.pending.is_empty()
+    }
+
+    fn undelivered(&mut self) -> Finish {
+        let _ = self.nothing_queued();
+        if self.pending.is_empty() {
+            Finish::Delivered
+        } else {
+            Finish::Undelivered {
+                pending: self.pending.len(),
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Ws, ConnectError> {
+        let url = connect_url(&self.settings.websocket_url, &self.settings.worker_id);
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ConnectError::Other(e.to_string()))?;
+        let auth =
+            HeaderValue::from_str(&format!("Bearer {}", self.settings.api_key)).map_err(|_| {
+                ConnectError::Other(
+                    "the API key contains characters not allowed in an HTTP header".into(),
+                )
+            })?;
+        request.headers_mut().insert("Authorization", auth);
+        let fut = tokio_tungstenite::connect_async_with_config(request, None, false);
+        match timeout(HANDSHAKE_TIMEOUT, fut).await {
+            Err(_) => Err(ConnectError::Other(format!(
+                "no handshake answer within {}s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ))),
+            Ok(Ok((ws, _resp))) => Ok(ws),
+            Ok(Err(tungstenite::Error::Http(resp))) => Err(ConnectError::Http(resp.status())),
+            Ok(Err(e)) => Err(ConnectError::Other(e.to_string())),
+        }
+    }
+
+    async fn session(&mut self, mut ws: Ws) -> SessionEnd {
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + HEARTBEAT_INTERVAL, HEARTBEAT_INTERVAL);
+        let mut read_deadline = Instant::now() + PONG_WAIT;
+        loop {
+            // Write everything queued, oldest first; a failed write keeps
+            // the message for the next connection.
+            while let Some(msg) = self.pending.front() {
+                let text = msg.encode();
+                match timeout(WRITE_WAIT, ws.send(Message::text(text))).await {
+                    Ok(Ok(())) => {
+                        tracing::debug!(kind = msg.kind(), task_id = msg.task_id(), "sent");
+                        self.pending.pop_front();
+                    }
+                    Ok(Err(e)) => return SessionEnd::Lost(format!("write failed: {e}")),
+                    Err(_) => return SessionEnd::Lost("write timed out".into()),
+                }
+            }
+            if self.closing.is_cancelled() {
+                if !self.nothing_queued() {
+                    continue;
+                }
+                let close = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                };
+                let _ = timeout(WRITE_WAIT, ws.close(Some(close))).await;
+                // Give the server a moment to answer the close handshake.
+                let _ = timeout(Duration::from_secs(2), async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+                return SessionEnd::Closed;
+            }
+            tokio::select! {
+                frame = ws.next() => {
+                    read_deadline = Instant::now() + PONG_WAIT;
+                    match frame {
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()),
+                        Some(Ok(Message::Close(frame))) => {
+                            let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
+                            return SessionEnd::Lost(format!("the control plane closed the connection {why}").trim().to_owned());
+                        }
+                        Some(Ok(_)) => {} // ping (answered by tungstenite), pong, binary
+                        Some(Err(e)) => return SessionEnd::Lost(format!("read failed: {e}")),
+                        None => return SessionEnd::Lost("connection closed".into()),
+                    }
+                }
+                msg = self.outbox.recv() => match msg {
+                    Some(m) => self.pending.push_back(m),
+                    // Every sender is gone: the worker has finished.
+                    None => self.closing.cancel(),
+                },
+                _ = ping.tick() => {
+                    match timeout(WRITE_WAIT, ws.send(Message::Ping(Default::default()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return SessionEnd::Lost(format!("ping failed: {e}")),
+                        Err(_) => return SessionEnd::Lost("ping timed out".into()),
+                    }
+                }
+                _ = sleep_until(read_deadline) => {
+                    return SessionEnd::Lost(format!("nothing heard from the control plane for {}s", PONG_WAIT.as_secs()));
+                }
+                _ = self.closing.cancelled() => {}
+                _ = self.abort.cancelled() => return SessionEnd::Aborted,
+            }
+        }
+    }
+
+    fn on_text(&self, text: &str) {
+        match ServerMessage::decode(text) {
+            Ok(ServerMessage::Unknown { kind }) => {
+                tracing::debug!(kind, "ignoring a frame of unknown type");
+            }
+            Ok(msg) => {
+                let _ = self.inbound.send(msg);
+            }
+            Err(oz_protocol::DecodeError::Assignment { task_id, reason }) => {
+                tracing::warn!(task_id = task_id.as_deref().unwrap_or("?"), %reason, "malformed task assignment");
+                // Hand it on so the worker can answer it with task_failed.
+                let _ = self.inbound.send(ServerMessage::TaskAssignment(Box::new(
+                    oz_protocol::TaskAssignment {
+                        task_id: task_id.unwrap_or_default(),
+                        ..Default::default()
+                    },
+                )));
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring an undecodable frame"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("the control plane refused the connection: HTTP {status}{hint}", status = .0, hint = http_hint(*.0))]
+    Http(tungstenite::http::StatusCode),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn http_hint(status: tungstenite::http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 | 403 => " (check the worker API key: --api-key or WARP_API_KEY)",
+        404 => " (check --websocket-url / --server-url)",
+        _ => "",
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::default();
+        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= BACKOFF_MIN && delays[0] <= Duration::from_millis(1250));
+        assert!(delays[3] >= Duration::from_secs(6) && delays[3] <= Duration::from_secs(10));
+        for d in &delays {
+            assert!(*d >= BACKOFF_MIN && *d <= BACKOFF_MAX);
+        }
+        assert!(delays[9] >= Duration::from_secs(45));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(1250));
+    }
+}

@@ -1,0 +1,622 @@
+//! The Direct backend: each task runs straight on this host, in its own
+//! workspace directory, between optional setup and teardown hooks.
+//!
+//! Order per task: workspace (0700, owner marker) → env file → setup hook →
+//! env-file vars → agent → teardown hook (always, with its own timeout and
+//! `OZ_TASK_RESULT`) → leftover processes killed → workspace removed.
+
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oz_protocol::{FailureReason, Task, TaskAssignment};
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{self, ArgsOptions};
+use crate::config::Settings;
+use crate::dotenv;
+use crate::env::{EnvList, minimal_base};
+use crate::sys::{self, MARKER_VAR, RunOutcome, StopTokens, Stopped};
+use crate::task::{Outcome, StopReason, TaskControl};
+
+/// Name of the ownership marker written into every workspace we create.
+pub const WORKSPACE_MARKER: &str = ".oz-workspace";
+
+/// A startup check of the Direct backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "oz CLI not found in PATH: install the oz CLI or set backend.direct.oz_path to its absolute path"
+    )]
+    OzNotFound,
+    #[error(
+        "oz_path {path} is not usable: {problem}; point backend.direct.oz_path at the oz executable"
+    )]
+    OzPath { path: PathBuf, problem: String },
+    #[error(
+        "target_dir {path} is not usable: {problem}; create it or fix --target-dir / backend.direct.target_dir"
+    )]
+    TargetDir { path: PathBuf, problem: String },
+    #[error(
+        "workspace_root {path} cannot be used: {source}; create it and give the worker's user write access, or set backend.direct.workspace_root"
+    )]
+    WorkspaceRoot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Written into each workspace so that only our own leftovers are ever
+/// removed: a workspace is swept at startup only when it belongs to this
+/// worker id and the process that created it is gone.
+#[derive(Debug, Serialize, Deserialize)]
+struct OwnerMarker {
+    worker_id: String,
+    pid: i32,
+    start_time: Option<u64>,
+    run_id: String,
+    run_marker: String,
+    cleanup: bool,
+}
+
+pub struct DirectBackend {
+    settings: Arc<Settings>,
+    oz_path: PathBuf,
+    /// The worker's environment without its API key: the base of the hooks.
+    worker_env: EnvList,
+    pid: i32,
+    start_time: Option<u64>,
+}
+
+impl DirectBackend {
+    /// Run the startup checks: resolve `oz`, check `target_dir` or create
+    /// `workspace_root`. Any failure is fatal for the worker.
+    pub fn new(settings: Arc<Settings>, worker_env: EnvList) -> Result<Self, StartupError> {
+        let d = &settings.direct;
+        let oz_path = match &d.oz_path {
+            Some(p) => check_executable(p).map_err(|problem| StartupError::OzPath {
+                path: p.clone(),
+                problem,
+            })?,
+            None => find_in_path("oz", worker_env.get("PATH").unwrap_or_default())
+                .ok_or(StartupError::OzNotFound)?,
+        };
+        if let Some(t) = &d.target_dir {
+            match std::fs::metadata(t) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(StartupError::TargetDir {
+                        path: t.clone(),
+                        problem: "not a directory".into(),
+                    });
+                }
+                Err(e) => {
+                    return Err(StartupError::TargetDir {
+                        path: t.clone(),
+                        problem: e.to_string(),
+                    });
+                }
+            }
+        } else {
+            prepare_root(&d.workspace_root).map_err(|source| StartupError::WorkspaceRoot {
+                path: d.workspace_root.clone(),
+                source,
+            })?;
+        }
+        let pid = std::process::id() as i32;
+        Ok(DirectBackend {
+            oz_path,
+            worker_env,
+            pid,
+            start_time: sys::process_start_time(pid),
+            settings,
+        })
+    }
+
+    pub fn oz_path(&self) -> &Path {
+        &self.oz_path
+    }
+
+    /// Remove what a crashed earlier instance of this worker left behind:
+    /// workspaces that carry our worker id, were meant to be cleaned up, and
+    /// whose creating process is gone. Their processes are killed first.
+    /// Nothing without our marker is touched.
+    pub async fn sweep_leftovers(&self) {
+        let d = &self.settings.direct;
+        if d.target_dir.is_some() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&d.workspace_root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(text) = std::fs::read_to_string(path.join(WORKSPACE_MARKER)) else {
+                continue;
+            };
+            let Ok(owner) = serde_json::from_str::<OwnerMarker>(&text) else {
+                tracing::warn!(workspace = %path.display(), "unreadable workspace marker; leaving the directory alone");
+                continue;
+            };
+            if owner.worker_id != self.settings.worker_id || !owner.cleanup {
+                continue;
+            }
+            let same_process = owner.pid == self.pid && owner.start_time == self.start_time;
+            let owner_alive = sys::pid_alive(owner.pid)
+                && (owner.start_time.is_none()
+                    || sys::process_start_time(owner.pid) == owner.start_time);
+            if same_process || owner_alive {
+                continue;
+            }
+            let killed = sys::terminate(
+                None,
+                &[],
+                &owner.run_marker,
+                d.grace_period,
+                &CancellationToken::new(),
+            )
+            .await;
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::info!(
+                    run_id = %owner.run_id,
+                    workspace = %path.display(),
+                    killed_processes = killed,
+                    "removed workspace left over by an earlier worker process"
+                ),
+                Err(e) => {
+                    tracing::warn!(workspace = %path.display(), error = %e, "cannot remove leftover workspace")
+                }
+            }
+        }
+    }
+
+    /// Run one task to its end, hooks and cleanup included.
+    pub async fn run_task(
+        &self,
+        assignment: &TaskAssignment,
+        task: &Task,
+        ctl: &TaskControl,
+    ) -> Outcome {
+        let run_id = assignment.task_id.as_str();
+        if !oz_protocol::is_safe_path_component(run_id) {
+            return Outcome::failed(
+                FailureReason::WorkspaceSetup,
+                "invalid task ID for workspace path: invalid task ID",
+                None,
+            );
+        }
+        let mut ws = match self.open_workspace(run_id, &ctl.marker) {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::error!(run_id, error = %e, "cannot prepare the workspace");
+                return Outcome::failed(
+                    FailureReason::WorkspaceSetup,
+                    format!("workspace setup failed: {e}"),
+                    None,
+                );
+            }
+        };
+        let outcome = self.setup_and_agent(assignment, task, ctl, &mut ws).await;
+        self.finish(run_id, ctl, &mut ws, &outcome).await;
+        outcome
+    }
+
+    async fn setup_and_agent(
+        &self,
+        assignment: &TaskAssignment,
+        task: &Task,
+        ctl: &TaskControl,
+        ws: &mut Workspace,
+    ) -> Outcome {
+        let d = &self.settings.direct;
+        let run_id = assignment.task_id.as_str();
+        let task_env = self.task_env(assignment, task, ws);
+
+        if let Some(setup) = &d.setup_command {
+            let mut env = self.worker_env.clone();
+            env.extend(task_env.iter());
+            env.set("OZ_WORKSPACE_ROOT", path_str(&ws.dir));
+            env.set("OZ_RUN_ID", run_id);
+            env.set("OZ_ENVIRONMENT_FILE", path_str(&ws.env_file));
+            env.set("OZ_WORKER_BACKEND", "direct");
+            env.set(MARKER_VAR, ctl.marker.as_str());
+            tracing::info!(run_id, "setup started");
+            let result = self
+                .run_hook(setup, &ws.dir, &env, Some(d.setup_timeout), &ctl.tokens)
+                .await;
+            match result {
+                Err(e) => {
+                    return Outcome::failed(
+                        FailureReason::SetupCommand,
+                        format!("setup command failed to start: {e}"),
+                        None,
+                    );
+                }
+                Ok(out) => {
+                    ws.pgids.push(out.pgid);
+                    tracing::info!(run_id, status = %sys::describe(&out.status), "setup finished");
+                    match out.stopped {
+                        Some(Stopped::Timeout) => {
+                            return Outcome::failed(
+                                FailureReason::SetupCommand,
+                                format!(
+                                    "setup command timed out after {}",
+                                    humantime::format_duration(d.setup_timeout)
+                                ),
+                                None,
+                            );
+                        }
+                        Some(_) => return ctl.stopped_outcome(None),
+                        None if !out.status.success() => {
+                            return Outcome::failed(
+                                FailureReason::SetupCommand,
+                                format!("setup command failed: {}", sys::describe(&out.status)),
+                                None,
+                            );
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        if ctl.tokens.stop.is_cancelled() || ctl.tokens.kill.is_cancelled() {
+            return ctl.stopped_outcome(None);
+        }
+
+        // Agent env: minimal host base, task layers, then the env file (which
+        // may override anything but the isolated git config and our marker).
+        let mut env = minimal_base(&self.worker_env);
+        env.extend(task_env.iter());
+        let parsed = match std::fs::read(&ws.env_file) {
+            Ok(bytes) => dotenv::parse(&bytes),
+            Err(e) => {
+                tracing::warn!(run_id, error = %e, "cannot read the environment file written by setup; continuing without its variables");
+                dotenv::Parsed::default()
+            }
+        };
+        for w in &parsed.warnings {
+            tracing::warn!(run_id, line = w.line, problem = %w.message, "skipping a malformed line in the environment file");
+        }
+        env.extend(parsed.vars);
+        env.set("GIT_CONFIG_GLOBAL", path_str(&ws.git_config));
+        env.set(MARKER_VAR, ctl.marker.as_str());
+
+        let opts = ArgsOptions {
+            server_root_url: self.settings.server_root_url.clone(),
+            idle_on_complete: self.settings.idle_on_complete.clone(),
+            session_sharing_server_url: self.settings.session_sharing_server_url.clone(),
+        };
+        let argv = args::agent_args(assignment, task, &opts);
+        let mut cmd = Command::new(&self.oz_path);
+        cmd.args(&argv)
+            .current_dir(&ws.dir)
+            .env_clear()
+            .envs(env.iter())
+            .stdin(Stdio::null());
+        tracing::info!(run_id, oz = %self.oz_path.display(), "agent started");
+        let out = match sys::run_supervised(
+            cmd,
+            &ctl.marker,
+            d.task_timeout,
+            &ctl.tokens,
+            d.grace_period,
+        )
+        .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::error!(run_id, error = %e, "cannot start the agent");
+                return Outcome::failed(
+                    FailureReason::AgentInvocation,
+                    format!("failed to start oz agent {}: {e}", self.oz_path.display()),
+                    None,
+                );
+            }
+        };
+        ws.pgids.push(out.pgid);
+        let code = sys::exit_code(&out.status);
+        tracing::info!(run_id, status = %sys::describe(&out.status), "agent exited");
+        match out.stopped {
+            Some(Stopped::Timeout) => Outcome::TimedOut {
+                exit_code: nonzero(code),
+            },
+            Some(_) => ctl.stopped_outcome(nonzero(code)),
+            None if out.status.success() => Outcome::Succeeded,
+            None => Outcome::failed(
+                FailureReason::AgentInvocation,
+                format!("oz agent exited with error: {}", sys::describe(&out.status)),
+                nonzero(code),
+            ),
+        }
+    }
+
+    /// Layers 2-6 of the task environment: common vars, the assignment's
+    /// env_vars, configured `environment` and `-e`, harness state dir and the
+    /// isolated git config.
+    fn task_env(&self, assignment: &TaskAssignment, task: &Task, ws: &Workspace) -> EnvList {
+        let mut env = EnvList::new();
+        let task_id = if task.id.is_empty() {
+            &assignment.task_id
+        } else {
+            &task.id
+        };
+        env.set("TASK_ID", task_id.as_str());
+        env.set("GIT_TERMINAL_PROMPT", "0");
+        env.set("GH_PROMPT_DISABLED", "1");
+        if !self.settings.server_root_url.is_empty() {
+            env.set(
+                "WARP_SERVER_ROOT_URL",
+                self.settings.server_root_url.as_str(),
+            );
+        }
+        env.extend(
+            assignment
+                .env_vars
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        env.extend(
+            self.settings
+                .direct
+                .environment
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        if let Some((var, sub)) = args::harness_env(task) {
+            env.set(var, path_str(&ws.dir.join(sub)));
+        }
+        env.set("GIT_CONFIG_GLOBAL", path_str(&ws.git_config));
+        env
+    }
+
+    async fn run_hook(
+        &self,
+        script: &str,
+        cwd: &Path,
+        env: &EnvList,
+        timeout: Option<Duration>,
+        tokens: &StopTokens,
+    ) -> io::Result<RunOutcome> {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(script)
+            .current_dir(cwd)
+            .env_clear()
+            .envs(env.iter())
+            .stdin(Stdio::null());
+        let marker = env.get(MARKER_VAR).unwrap_or_default().to_owned();
+        sys::run_supervised(
+            cmd,
+            &marker,
+            timeout,
+            tokens,
+            self.settings.direct.grace_period,
+        )
+        .await
+    }
+
+    /// Teardown, leftover processes, env file, workspace: runs after every
+    /// outcome. Nothing here changes the reported result.
+    async fn finish(&self, run_id: &str, ctl: &TaskControl, ws: &mut Workspace, outcome: &Outcome) {
+        let d = &self.settings.direct;
+        remove_file_logged(&ws.env_file);
+        let forced = ctl.tokens.kill.is_cancelled();
+        // A per-task workspace kept with --no-cleanup also skips teardown, so
+        // it can be inspected as the task left it (documented behaviour);
+        // target_dir mode always tears down.
+        let teardown_wanted = ws.private_tmp.is_some() || self.settings.cleanup;
+        if let Some(teardown) = d
+            .teardown_command
+            .as_ref()
+            .filter(|_| teardown_wanted && !forced)
+        {
+            let mut env = self.worker_env.clone();
+            env.set("OZ_WORKSPACE_ROOT", path_str(&ws.dir));
+            env.set("OZ_RUN_ID", run_id);
+            env.set("OZ_WORKER_BACKEND", "direct");
+            env.set("GIT_CONFIG_GLOBAL", path_str(&ws.git_config));
+            env.set("OZ_TASK_RESULT", outcome.task_result());
+            env.set(MARKER_VAR, ctl.marker.as_str());
+            // A fresh stop token: teardown must run even after a cancel; only
+            // a forced stop of the worker interrupts it.
+            let tokens = StopTokens {
+                stop: CancellationToken::new(),
+                kill: ctl.tokens.kill.clone(),
+            };
+            tracing::info!(run_id, result = outcome.task_result(), "teardown started");
+            match self
+                .run_hook(teardown, &ws.dir, &env, Some(d.teardown_timeout), &tokens)
+                .await
+            {
+                Ok(out) => {
+                    ws.pgids.push(out.pgid);
+                    if out.stopped == Some(Stopped::Timeout) {
+                        tracing::warn!(run_id, timeout = %humantime::format_duration(d.teardown_timeout), "teardown command timed out; the task result is unchanged");
+                    } else if !out.status.success() {
+                        tracing::warn!(run_id, status = %sys::describe(&out.status), "teardown command failed; the task result is unchanged");
+                    } else {
+                        tracing::info!(run_id, "teardown finished");
+                    }
+                }
+                Err(e) => tracing::warn!(run_id, error = %e, "teardown command failed to start"),
+            }
+        }
+        // Whatever the hooks or the agent left running dies with the task.
+        let grace = if forced {
+            Duration::ZERO
+        } else {
+            d.grace_period
+        };
+        let killed = sys::terminate(None, &ws.pgids, &ctl.marker, grace, &ctl.tokens.kill).await;
+        if killed > 0 {
+            tracing::info!(run_id, killed, "killed processes the task left behind");
+        }
+        if let Some(tmp) = ws.private_tmp.take() {
+            remove_dir_logged(&tmp);
+        }
+        if ws.owned && self.settings.cleanup && !forced {
+            remove_dir_logged(&ws.dir);
+        } else if ws.owned {
+            tracing::info!(run_id, workspace = %ws.dir.display(), "keeping the workspace (cleanup disabled or forced stop)");
+        }
+    }
+
+    fn open_workspace(&self, run_id: &str, marker: &str) -> io::Result<Workspace> {
+        let d = &self.settings.direct;
+        if let Some(target) = &d.target_dir {
+            // Shared checkout: keep our files out of it, in a private temp dir.
+            let tmp_root = self
+                .worker_env
+                .get("TMPDIR")
+                .filter(|s| !s.is_empty())
+                .unwrap_or("/tmp");
+            let private =
+                PathBuf::from(tmp_root).join(format!("oz-task-{run_id}-{}", random_hex(6)));
+            std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+            std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+            let env_file = create_env_file(&private)?;
+            return Ok(Workspace {
+                dir: target.clone(),
+                git_config: private.join(".gitconfig"),
+                env_file,
+                private_tmp: Some(private),
+                owned: false,
+                pgids: Vec::new(),
+            });
+        }
+        let dir = d.workspace_root.join(run_id);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {
+                tracing::warn!(run_id, workspace = %dir.display(), "workspace already exists (left by an earlier execution); reusing it");
+            }
+            Err(e) => return Err(e),
+        }
+        // Explicit chmod: the mode given to mkdir is filtered by the umask.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let owner = OwnerMarker {
+            worker_id: self.settings.worker_id.clone(),
+            pid: self.pid,
+            start_time: self.start_time,
+            run_id: run_id.to_owned(),
+            run_marker: marker.to_owned(),
+            cleanup: self.settings.cleanup,
+        };
+        let text = serde_json::to_string(&owner).map_err(io::Error::other)?;
+        std::fs::write(dir.join(WORKSPACE_MARKER), text)?;
+        let env_file = create_env_file(&dir)?;
+        Ok(Workspace {
+            git_config: dir.join(".gitconfig"),
+            dir,
+            env_file,
+            private_tmp: None,
+            owned: true,
+            pgids: Vec::new(),
+        })
+    }
+}
+
+/// Where one task runs and the files that belong to it.
+struct Workspace {
+    dir: PathBuf,
+    git_config: PathBuf,
+    env_file: PathBuf,
+    /// target_dir mode: our private dir for the env file and git config.
+    private_tmp: Option<PathBuf>,
+    /// True when we created the directory and may remove it.
+    owned: bool,
+    /// Process groups of the hooks and agent, for the final sweep.
+    pgids: Vec<i32>,
+}
+
+fn create_env_file(dir: &Path) -> io::Result<PathBuf> {
+    let path = dir.join(format!("oz-env-{}", random_hex(8)));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.flush()?;
+    Ok(path)
+}
+
+fn prepare_root(root: &Path) -> io::Result<()> {
+    if !root.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // Prove we can create workspaces here now, not at the first task.
+    let probe = root.join(format!(".oz-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe)?;
+    std::fs::remove_dir(&probe)
+}
+
+fn check_executable(path: &Path) -> Result<PathBuf, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err("not executable".into());
+    }
+    std::path::absolute(path).map_err(|e| e.to_string())
+}
+
+fn find_in_path(name: &str, path_var: &str) -> Option<PathBuf> {
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| check_executable(p).is_ok())
+}
+
+fn remove_file_logged(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove file");
+    }
+}
+
+fn remove_dir_logged(path: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove directory");
+    }
+}
+
+fn nonzero(code: i32) -> Option<i32> {
+    (code != 0).then_some(code)
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
+}
+
+impl TaskControl {
+    /// The outcome of a task whose processes were stopped by a stop token.
+    fn stopped_outcome(&self, exit_code: Option<i32>) -> Outcome {
+        match self.reason() {
+            Some(StopReason::User) => Outcome::Cancelled,
+            _ => Outcome::Interrupted { exit_code },
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `oz-agent-worker`: the self-hosted Oz worker with the Direct backend.
+//!
+//! Code map: [`cli`] and [`config`] resolve the settings; [`connection`]
+//! owns the WebSocket; [`worker`] supervises tasks; [`direct`] runs one task
+//! on the host; [`sys`] contains process groups and tree kills; [`args`],
+//! [`env`] and [`dotenv`] build what each process receives.
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod direct;
+pub mod dotenv;
+pub mod env;
+pub mod sys;
+pub mod task;
+pub mod worker;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::cli::Cli;
+use crate::config::{FileConfig, Settings};
+use crate::direct::DirectBackend;
+
+/// Resolve the configuration, run the startup checks, and serve until a
+/// signal stops the worker.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = match &cli.config_file {
+        Some(path) => {
+            let path = expand_home(path);
+            FileConfig::load(&path)?
+        }
+        None => FileConfig::default(),
+    };
+    let host = |k: &str| std::env::var(k).ok();
+    let settings = Arc::new(Settings::resolve(&cli, file, &host)?);
+    let worker_env = env::worker_env_without_key(std::env::vars_os(), &settings.api_key);
+    let backend = DirectBackend::new(settings.clone(), worker_env)
+        .context("the Direct backend cannot start")?;
+
+    if cli.check_config {
+        println!("configuration is valid");
+        println!("{settings:#?}");
+        println!("oz: {}", backend.oz_path().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        worker_id = %settings.worker_id,
+        backend = "direct",
+        oz = %backend.oz_path().display(),
+        workspace = %settings.direct.target_dir.as_ref().unwrap_or(&settings.direct.workspace_root).display(),
+        max_concurrent_tasks = settings.max_concurrent_tasks,
+        cleanup = settings.cleanup,
+        "starting oz-agent-worker"
+    );
+    backend.sweep_leftovers().await;
+    worker::Worker::run(settings, Arc::new(backend)).await
+}
+
+fn expand_home(path: &std::path::Path) -> std::path::PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+        _ => path.to_owned(),
+    }
+}
