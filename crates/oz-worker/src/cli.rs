@@ -12,6 +12,7 @@ pub const DEFAULT_SERVER_ROOT_URL: &str = "https://app.warp.dev";
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "oz-agent-worker",
+    args_override_self = true,
     version,
     about = "Self-hosted Oz worker: connects to a control plane and runs agent tasks on this host",
     long_about = "Self-hosted Oz worker with the Direct backend.\n\n\

@@ -803,6 +803,22 @@ backend:
     }
 
     #[test]
+    fn repeated_flags_last_wins_but_env_accumulates() {
+        let c = cli(&[
+            "--worker-id",
+            "a",
+            "--worker-id",
+            "b",
+            "-e",
+            "X=1",
+            "-e",
+            "Y=2",
+        ]);
+        assert_eq!(c.worker_id.as_deref(), Some("b"));
+        assert_eq!(c.env, vec!["X=1", "Y=2"]);
+    }
+
+    #[test]
     fn env_flags() {
         let host = |k: &str| (k == "HOSTVAR").then(|| "from-host".to_owned());
         assert_eq!(

@@ -423,6 +423,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Remove a flag and its value from the default arguments.
+    pub fn without(mut self, flag: &str) -> Self {
+        if let Some(i) = self.args.iter().position(|a| a == flag) {
+            self.args.drain(i..(i + 2).min(self.args.len()));
+        }
+        self
+    }
+
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
         self
