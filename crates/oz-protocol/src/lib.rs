@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod api;
 mod de;
 pub mod failure;
 pub mod task;
@@ -115,6 +116,10 @@ pub struct TaskCancellation {
 pub enum ServerMessage {
     TaskAssignment(Box<TaskAssignment>),
     TaskCancellation(TaskCancellation),
+    /// Extension: the control plane announces what it understands beyond v1.
+    /// The official control plane never sends it; a worker that does not
+    /// know it ignores it like any unknown type.
+    ServerHello(ServerHello),
     /// A type this version does not know (for example an extension, or the
     /// declared-but-unused `heartbeat`). Logged and ignored, never fatal.
     Unknown {
@@ -172,6 +177,12 @@ impl ServerMessage {
                         reason: e.to_string(),
                     })
             }
+            "server_hello" => de::from_object(data)
+                .map(ServerMessage::ServerHello)
+                .map_err(|source| DecodeError::Data {
+                    kind: env.kind.clone(),
+                    source,
+                }),
             "task_cancellation" => de::from_object(data)
                 .map(ServerMessage::TaskCancellation)
                 .map_err(|source| DecodeError::Data {
@@ -187,6 +198,7 @@ impl ServerMessage {
         let (kind, data) = match self {
             ServerMessage::TaskAssignment(a) => ("task_assignment", to_value(a.as_ref())),
             ServerMessage::TaskCancellation(c) => ("task_cancellation", to_value(c)),
+            ServerMessage::ServerHello(h) => ("server_hello", to_value(h)),
             ServerMessage::Unknown { kind } => (kind.as_str(), None),
         };
         encode_envelope(kind, data)
@@ -201,6 +213,50 @@ pub enum WorkerMessage {
     TaskRejected(TaskRejected),
     TaskCompleted(TaskCompleted),
     TaskFailed(TaskFailed),
+    /// Extension, sent only in answer to `server_hello`.
+    WorkerStatus(WorkerStatus),
+}
+
+/// Extension names a control plane may announce in `server_hello`.
+pub mod ext {
+    /// The worker answers `server_hello` with `worker_status`, listing the
+    /// tasks it runs, so a control plane can reconcile after a reconnect.
+    pub const WORKER_STATUS: &str = "worker_status";
+}
+
+/// `server_hello.data`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerHello {
+    #[serde(default)]
+    pub protocol: u32,
+    #[serde(default, deserialize_with = "de::null_as_default")]
+    pub extensions: Vec<String>,
+}
+
+impl ServerHello {
+    pub fn has(&self, ext: &str) -> bool {
+        self.extensions.iter().any(|e| e == ext)
+    }
+}
+
+/// `worker_status.data`: who the worker is and what it is running now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    #[serde(default)]
+    pub worker_id: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub backend: String,
+    /// 0 = unlimited.
+    #[serde(default)]
+    pub max_concurrent_tasks: u64,
+    /// Task ids running on this worker (claimed and not yet reported).
+    #[serde(default)]
+    pub running: Vec<String>,
+    /// True while the worker drains and accepts nothing new.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +316,7 @@ impl WorkerMessage {
             WorkerMessage::TaskRejected(m) => &m.task_id,
             WorkerMessage::TaskCompleted(m) => &m.task_id,
             WorkerMessage::TaskFailed(m) => &m.task_id,
+            WorkerMessage::WorkerStatus(_) => "",
         }
     }
 
@@ -270,6 +327,7 @@ impl WorkerMessage {
             WorkerMessage::TaskRejected(_) => "task_rejected",
             WorkerMessage::TaskCompleted(_) => "task_completed",
             WorkerMessage::TaskFailed(_) => "task_failed",
+            WorkerMessage::WorkerStatus(_) => "worker_status",
         }
     }
 
@@ -301,6 +359,7 @@ impl WorkerMessage {
             "task_claimed" => WorkerMessage::TaskClaimed(de::from_object(data).map_err(wrap)?),
             "task_rejected" => WorkerMessage::TaskRejected(de::from_object(data).map_err(wrap)?),
             "task_completed" => WorkerMessage::TaskCompleted(de::from_object(data).map_err(wrap)?),
+            "worker_status" => WorkerMessage::WorkerStatus(de::from_object(data).map_err(wrap)?),
             "task_failed" => WorkerMessage::TaskFailed(de::from_object(data).map_err(wrap)?),
             _ => return Err(WorkerDecodeError::UnknownType(kind)),
         })

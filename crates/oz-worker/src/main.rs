@@ -1,6 +1,7 @@
 //! The `oz-agent-worker` binary: logging, TLS provider, runtime, exit status.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -39,9 +40,13 @@ fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_env("OZ_LOG").unwrap_or_else(|_| {
         EnvFilter::new(format!("warn,oz_worker={level},oz_agent_worker={level}"))
     });
+    // Colour only on a terminal (and never with NO_COLOR), so log files and
+    // journald get plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false);
     match cli.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -197,6 +197,11 @@ impl Worker {
                     tracing::info!(run_id = %c.task_id, "ignoring cancellation of a task that is not running here")
                 }
             },
+            ServerMessage::ServerHello(hello) => {
+                if hello.has(oz_protocol::ext::WORKER_STATUS) {
+                    self.send(self.status());
+                }
+            }
             ServerMessage::Unknown { .. } => {}
         }
     }
@@ -280,6 +285,20 @@ impl Worker {
             };
             let _ = done.send((id, outcome));
         });
+    }
+
+    /// Extension frame: what this worker is and runs, for reconciliation.
+    fn status(&self) -> WorkerMessage {
+        let mut running: Vec<String> = self.active.keys().cloned().collect();
+        running.sort();
+        WorkerMessage::WorkerStatus(oz_protocol::WorkerStatus {
+            worker_id: self.settings.worker_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            backend: "direct".to_owned(),
+            max_concurrent_tasks: self.settings.max_concurrent_tasks as u64,
+            running,
+            draining: self.draining,
+        })
     }
 
     fn claimed(&self, task_id: &str) -> WorkerMessage {

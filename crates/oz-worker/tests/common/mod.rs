@@ -222,6 +222,8 @@ async fn accept_loop(
         tokio::spawn(async move {
             let seen: Arc<Mutex<(String, Option<String>)>> = Arc::default();
             let seen2 = seen.clone();
+            // The handshake callback's error type is tungstenite's own.
+            #[allow(clippy::result_large_err)]
             let callback = move |req: &Request, resp: Response| {
                 let query = req.uri().query().unwrap_or_default().to_owned();
                 let auth = req
