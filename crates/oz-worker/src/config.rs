@@ -429,6 +429,14 @@ impl Settings {
             set_env(&mut environment, k, v);
         }
 
+        // The worker's own key must never reach a task or a hook, not even
+        // when asked for by name (`-e WARP_API_KEY` or a value-less entry).
+        if let Some((name, _)) = environment.iter().find(|(_, v)| *v == api_key) {
+            return Err(invalid(format!(
+                "refusing to pass the worker's API key to tasks as {name}: tasks get a run-scoped key from the control plane; remove {name} from -e/--env or backend.direct.environment"
+            )));
+        }
+
         let target_dir = cli.target_dir.clone().or(direct_file.target_dir);
         let workspace_root = direct_file
             .workspace_root
@@ -816,6 +824,21 @@ backend:
         ]);
         assert_eq!(c.worker_id.as_deref(), Some("b"));
         assert_eq!(c.env, vec!["X=1", "Y=2"]);
+    }
+
+    #[test]
+    fn the_worker_key_cannot_be_passed_to_tasks() {
+        let host = |k: &str| (k == "WARP_API_KEY").then(|| "wk-secret".to_owned());
+        let file = FileConfig::parse("worker_id: w\nbackend:\n  direct: {}\n").unwrap();
+        let e = Settings::resolve(
+            &cli(&["--api-key", "wk-secret", "-e", "WARP_API_KEY"]),
+            file,
+            &host,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("refusing") && e.contains("WARP_API_KEY"), "{e}");
+        assert!(!e.contains("wk-secret"), "{e}");
     }
 
     #[test]

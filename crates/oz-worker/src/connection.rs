@@ -151,6 +151,8 @@ impl Connection {
             tracing::info!(delay = %humantime::format_duration(round_ms(delay)), "reconnecting");
             tokio::select! {
                 _ = sleep(delay) => {}
+                // Stopping: if nothing is queued there is no need to wait.
+                _ = self.closing.cancelled(), if !self.closing.is_cancelled() => {}
                 _ = self.abort.cancelled() => return self.undelivered(),
             }
         }

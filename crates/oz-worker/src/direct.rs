@@ -228,7 +228,7 @@ impl DirectBackend {
             env.set(MARKER_VAR, ctl.marker.as_str());
             tracing::info!(run_id, "setup started");
             let result = self
-                .run_hook(setup, &ws.dir, &env, Some(d.setup_timeout), &ctl.tokens)
+                .run_hook(setup, &ws.dir, &env, limit(d.setup_timeout), &ctl.tokens)
                 .await;
             match result {
                 Err(e) => {
@@ -431,7 +431,7 @@ impl DirectBackend {
             };
             tracing::info!(run_id, result = outcome.task_result(), "teardown started");
             match self
-                .run_hook(teardown, &ws.dir, &env, Some(d.teardown_timeout), &tokens)
+                .run_hook(teardown, &ws.dir, &env, limit(d.teardown_timeout), &tokens)
                 .await
             {
                 Ok(out) => {
@@ -593,6 +593,11 @@ fn remove_dir_logged(path: &Path) {
     {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove directory");
     }
+}
+
+/// A configured timeout of zero means "no limit".
+fn limit(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
 }
 
 fn nonzero(code: i32) -> Option<i32> {

@@ -27,8 +27,8 @@ fn main() -> ExitCode {
     match runtime.block_on(oz_worker::run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            // Logging is already set up and writes to stderr.
             tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,182 @@
+//! API keys and run-scoped tokens: random 256-bit secrets with a readable
+//! prefix, stored only as SHA-256 hashes, compared in constant time.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use oz_store::{ApiKey, KeyKind, Run, RunState};
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Prefix of a team or admin key.
+pub const TEAM_KEY_PREFIX: &str = "ozk_";
+/// Prefix of a worker key (the official docs say worker keys start `wk-`).
+pub const WORKER_KEY_PREFIX: &str = "wk-";
+/// Prefix of a run-scoped token.
+pub const RUN_TOKEN_PREFIX: &str = "ozr_";
+
+/// A new random secret: prefix + 64 hex chars (256 bits).
+pub fn new_secret(prefix: &str) -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+pub fn key_prefix_for(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::Worker => WORKER_KEY_PREFIX,
+        KeyKind::Admin | KeyKind::Team => TEAM_KEY_PREFIX,
+    }
+}
+
+/// Lower-case hex SHA-256.
+pub fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// What people see of a key: its prefix and a few characters.
+pub fn display_prefix(secret: &str) -> String {
+    secret.chars().take(12).collect()
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    Key(ApiKey),
+    /// A run-scoped token: may read and update its own run only.
+    RunToken {
+        run_id: String,
+        team_id: String,
+    },
+}
+
+impl Principal {
+    pub fn team_id(&self) -> &str {
+        match self {
+            Principal::Key(k) => &k.team_id,
+            Principal::RunToken { team_id, .. } => team_id,
+        }
+    }
+
+    /// Team and admin keys may use the REST API; worker keys may not.
+    pub fn require_team(&self) -> Result<&ApiKey, ApiError> {
+        match self {
+            Principal::Key(k) if k.kind != KeyKind::Worker => Ok(k),
+            Principal::Key(_) => Err(ApiError::forbidden(
+                "worker keys can only open the worker WebSocket; use a team API key",
+            )),
+            Principal::RunToken { .. } => Err(ApiError::forbidden(
+                "a run token can only read and update its own run",
+            )),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<&ApiKey, ApiError> {
+        match self {
+            Principal::Key(k) if k.kind == KeyKind::Admin => Ok(k),
+            _ => Err(ApiError::forbidden(
+                "managing API keys needs an admin API key",
+            )),
+        }
+    }
+
+    /// May this caller read or update this run?
+    pub fn can_access_run(&self, run: &Run) -> bool {
+        match self {
+            Principal::Key(k) => k.kind != KeyKind::Worker && k.team_id == run.team_id,
+            Principal::RunToken { run_id, .. } => *run_id == run.run_id,
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Resolve a secret to a principal. The store is searched by hash; the hash
+/// found is compared again in constant time before it is trusted.
+pub async fn authenticate(state: &AppState, secret: &str) -> Result<Principal, ApiError> {
+    let h = hash(secret);
+    if secret.starts_with(RUN_TOKEN_PREFIX) {
+        let run = state.store.find_run_by_token(&h).await?;
+        return match run {
+            Some(run)
+                if !run.state.is_terminal()
+                    && run
+                        .token_hash
+                        .as_deref()
+                        .is_some_and(|t| bool::from(t.as_bytes().ct_eq(h.as_bytes()))) =>
+            {
+                Ok(Principal::RunToken {
+                    run_id: run.run_id,
+                    team_id: run.team_id,
+                })
+            }
+            _ => Err(ApiError::unauthorized(
+                "the run token is invalid or its run has ended",
+            )),
+        };
+    }
+    match state.store.find_api_key(&h).await? {
+        Some(key) => {
+            let now = crate::now();
+            if let Err(e) = state.store.touch_api_key(&key.id, &now).await {
+                tracing::debug!(error = %e, "cannot record key use");
+            }
+            Ok(Principal::Key(key))
+        }
+        None => Err(ApiError::unauthorized(
+            "the API key is missing, invalid or revoked; send Authorization: Bearer <key>",
+        )),
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The full path, also inside nested routers (which strip their prefix).
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or_else(|| parts.uri.path().to_owned(), |u| u.0.path().to_owned());
+        let Some(secret) = bearer(parts) else {
+            return Err(
+                ApiError::unauthorized("no API key: send Authorization: Bearer <key>").at(&path),
+            );
+        };
+        authenticate(state, secret).await.map_err(|e| e.at(&path))
+    }
+}
+
+/// True when a run's state allows its token to be used.
+pub fn token_live(state: RunState) -> bool {
+    !state.is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_long_random_and_prefixed() {
+        let a = new_secret(TEAM_KEY_PREFIX);
+        let b = new_secret(TEAM_KEY_PREFIX);
+        assert_ne!(a, b);
+        assert!(a.starts_with("ozk_"));
+        assert_eq!(a.len(), 4 + 64);
+        assert_eq!(hash(&a).len(), 64);
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

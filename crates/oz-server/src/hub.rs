@@ -1,0 +1,873 @@
+//! The worker hub: connected workers, the dispatcher, and the run life
+//! cycle driven by worker frames.
+//!
+//! Invariants:
+//! - only the dispatcher task moves runs QUEUED → PENDING, so two passes can
+//!   never hand out the same run;
+//! - every state change is a compare-and-set in the store, committed before
+//!   anything is sent or answered; a duplicate or late frame finds the run in
+//!   another state and changes nothing;
+//! - a worker that rejects is not offered anything again until one of its
+//!   runs ends (no busy loop); runs wait in QUEUED with the reason in
+//!   `status_message`;
+//! - runs of a worker that disconnected wait `lease_grace` for a worker with
+//!   the same id to come back, then end ERROR naming the lost worker.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use oz_protocol::api::{RunState, StatusMessage};
+use oz_protocol::{
+    AgentConfigSnapshot, FailureReason, ServerHello, ServerMessage, Task, TaskAssignment,
+    TaskCancellation, TaskDefinition, WorkerMessage, WorkerStatus,
+};
+use oz_store::{Run, RunPatch, RunQuery, SortBy, SortOrder, Store};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth;
+use crate::now;
+use crate::state::ServerSettings;
+
+/// States a worker may still report on.
+const LIVE: [RunState; 3] = [RunState::Pending, RunState::Claimed, RunState::Inprogress];
+const TICK: Duration = Duration::from_secs(1);
+/// Runs offered per pass to a worker whose capacity is unknown (plain v1):
+/// it rejects what it cannot take.
+const UNKNOWN_CAPACITY_BATCH: u32 = 8;
+
+/// One live WebSocket connection of a worker.
+struct Conn {
+    worker_id: String,
+    /// Team of the key the worker connected with: it only gets that team's runs.
+    team_id: String,
+    tx: mpsc::UnboundedSender<String>,
+    running: HashSet<String>,
+    /// Set by a rejection; cleared when one of its runs ends.
+    saturated: bool,
+    status: Option<WorkerStatus>,
+    connected_at: String,
+    remote: String,
+}
+
+/// A run whose worker went away.
+struct Orphan {
+    worker_id: String,
+    since: Instant,
+    since_ts: String,
+}
+
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<String, Conn>,
+    orphans: HashMap<String, Orphan>,
+}
+
+/// What `GET /api/v1/workers` shows of a connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerInfo {
+    pub worker_id: String,
+    pub connection_id: String,
+    pub connected_at: String,
+    pub remote_addr: String,
+    /// Known only from workers that answer `server_hello`.
+    pub version: Option<String>,
+    pub backend: Option<String>,
+    /// Slots (0 = unlimited); unknown for plain v1 workers.
+    pub max_concurrent_tasks: Option<u64>,
+    pub running_runs: Vec<String>,
+    pub at_capacity: bool,
+    pub draining: bool,
+}
+
+pub struct Hub {
+    store: Arc<dyn Store>,
+    settings: Arc<ServerSettings>,
+    reg: Mutex<Registry>,
+    wake: Notify,
+    api_base_url: String,
+}
+
+impl Hub {
+    pub fn new(store: Arc<dyn Store>, settings: Arc<ServerSettings>) -> Arc<Self> {
+        let api_base_url = format!("{}/api/v1", settings.public_url);
+        Arc::new(Hub {
+            store,
+            settings,
+            reg: Mutex::default(),
+            wake: Notify::new(),
+            api_base_url,
+        })
+    }
+
+    fn reg(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.reg.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ask the dispatcher for a pass (new run, free slot, new worker).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// After a restart: runs that were assigned but never claimed go back to
+    /// the queue; claimed and running ones wait for their worker to return.
+    pub async fn recover(&self) -> Result<(), oz_store::StoreError> {
+        let now_ts = now();
+        for run in self.store.active_runs().await? {
+            if run.state == RunState::Pending {
+                let patch = RunPatch {
+                    holder: Some(None),
+                    token_hash: Some(None),
+                    status_message: Some(Some(StatusMessage::info(
+                        "requeued after a server restart (the assignment was never claimed)",
+                    ))),
+                    ..Default::default()
+                };
+                self.store
+                    .transition(
+                        &run.run_id,
+                        &[RunState::Pending],
+                        RunState::Queued,
+                        patch,
+                        &now_ts,
+                    )
+                    .await?;
+            } else {
+                self.reg().orphans.insert(
+                    run.run_id.clone(),
+                    Orphan {
+                        worker_id: run.worker_host.clone(),
+                        since: Instant::now(),
+                        since_ts: now_ts.clone(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The dispatcher and timer loop; returns when `stop` fires.
+    pub async fn run_dispatcher(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            if let Err(e) = self.dispatch_pass().await {
+                tracing::error!(error = %e, "dispatch pass failed");
+            }
+            if let Err(e) = self.timer_pass().await {
+                tracing::error!(error = %e, "timer pass failed");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn dispatch_pass(&self) -> Result<(), oz_store::StoreError> {
+        self.expire_queued().await?;
+        // Only look at runs a connected worker can take now, per worker id,
+        // so a long queue for an absent worker never blocks the others.
+        let targets: Vec<(String, String, u32)> = {
+            let reg = self.reg();
+            let mut free: BTreeMap<(String, String), u32> = BTreeMap::new();
+            for c in reg.conns.values().filter(|c| !c.saturated && has_room(c)) {
+                let room = match &c.status {
+                    Some(s) if s.max_concurrent_tasks > 0 => {
+                        (s.max_concurrent_tasks as usize).saturating_sub(c.running.len()) as u32
+                    }
+                    _ => UNKNOWN_CAPACITY_BATCH,
+                };
+                *free
+                    .entry((c.team_id.clone(), c.worker_id.clone()))
+                    .or_default() += room;
+            }
+            free.into_iter().map(|((t, w), n)| (t, w, n)).collect()
+        };
+        let now_ts = now();
+        for (team_id, worker_id, room) in targets {
+            let query = RunQuery {
+                team_id: team_id.clone(),
+                limit: room.clamp(1, 100),
+                states: vec![RunState::Queued],
+                worker_host: Some(worker_id.clone()),
+                sort_by: SortBy::CreatedAt,
+                sort_order: SortOrder::Asc,
+                ..Default::default()
+            };
+            for run in self.store.list_runs(&query).await? {
+                let Some(conn_id) = self.pick(&team_id, &worker_id) else {
+                    break;
+                };
+                self.assign(run, &conn_id, &now_ts).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fail runs that waited longer than `queue_timeout` (oldest first).
+    async fn expire_queued(&self) -> Result<(), oz_store::StoreError> {
+        let Some(limit) = self.settings.queue_timeout else {
+            return Ok(());
+        };
+        for run in self.store.queued_runs(200).await? {
+            if age(&run.created_at) <= limit {
+                break;
+            }
+            let msg = format!(
+                "no worker with id {:?} picked up the run within {}",
+                run.worker_host,
+                humantime::format_duration(limit)
+            );
+            self.end_run(
+                &run.run_id,
+                &[RunState::Queued],
+                RunState::Error,
+                StatusMessage::error(msg, "resource_unavailable", true),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// QUEUED → PENDING on `conn_id`, then send the assignment; if the
+    /// connection vanished meanwhile the run goes straight back.
+    async fn assign(
+        &self,
+        run: Run,
+        conn_id: &str,
+        now_ts: &str,
+    ) -> Result<(), oz_store::StoreError> {
+        let token = auth::new_secret(auth::RUN_TOKEN_PREFIX);
+        let execution_id = uuid::Uuid::new_v4().to_string();
+        let patch = RunPatch {
+            holder: Some(Some(conn_id.to_owned())),
+            execution_id: Some(Some(execution_id.clone())),
+            assigned_at: Some(Some(now_ts.to_owned())),
+            token_hash: Some(Some(auth::hash(&token))),
+            status_message: Some(None),
+            ..Default::default()
+        };
+        let Some(run) = self
+            .store
+            .transition(
+                &run.run_id,
+                &[RunState::Queued],
+                RunState::Pending,
+                patch,
+                now_ts,
+            )
+            .await?
+        else {
+            return Ok(()); // cancelled meanwhile
+        };
+        let frame =
+            ServerMessage::TaskAssignment(Box::new(self.assignment(&run, &execution_id, &token)))
+                .encode();
+        let sent = {
+            let mut reg = self.reg();
+            match reg.conns.get_mut(conn_id) {
+                Some(c) if c.tx.send(frame).is_ok() => {
+                    c.running.insert(run.run_id.clone());
+                    true
+                }
+                _ => false,
+            }
+        };
+        if sent {
+            tracing::info!(run_id = %run.run_id, worker_id = %run.worker_host, connection = %conn_id, "run assigned");
+        } else {
+            let patch = RunPatch {
+                holder: Some(None),
+                token_hash: Some(None),
+                ..Default::default()
+            };
+            self.store
+                .transition(
+                    &run.run_id,
+                    &[RunState::Pending],
+                    RunState::Queued,
+                    patch,
+                    now_ts,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The least busy connection of `worker_id` with room for another run.
+    fn pick(&self, team_id: &str, worker_id: &str) -> Option<String> {
+        let reg = self.reg();
+        reg.conns
+            .iter()
+            .filter(|(_, c)| {
+                c.team_id == team_id && c.worker_id == worker_id && !c.saturated && has_room(c)
+            })
+            .min_by(|(a_id, a), (b_id, b)| {
+                a.running.len().cmp(&b.running.len()).then(a_id.cmp(b_id))
+            })
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Why a run for `worker_id` would wait right now (its status message).
+    pub fn waiting_reason(&self, team_id: &str, worker_id: &str) -> String {
+        let reg = self.reg();
+        let conns: Vec<&Conn> = reg
+            .conns
+            .values()
+            .filter(|c| c.team_id == team_id && c.worker_id == worker_id)
+            .collect();
+        if conns.is_empty() {
+            format!("waiting for a worker with id {worker_id:?} to connect")
+        } else if conns.iter().any(|c| !c.saturated && has_room(c)) {
+            format!("waiting to be handed to worker {worker_id:?}")
+        } else if conns
+            .iter()
+            .all(|c| c.status.as_ref().is_some_and(|s| s.draining))
+        {
+            format!("every worker with id {worker_id:?} is shutting down; waiting for another one")
+        } else {
+            format!("every worker with id {worker_id:?} is at capacity; waiting for a free slot")
+        }
+    }
+
+    fn assignment(&self, run: &Run, execution_id: &str, token: &str) -> TaskAssignment {
+        let snapshot: Option<AgentConfigSnapshot> = match serde_json::from_value(run.config.clone())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(run_id = %run.run_id, error = %e, "run config does not fit the agent snapshot; sending none");
+                None
+            }
+        };
+        let mut env_vars = BTreeMap::new();
+        env_vars.insert("WARP_API_KEY".to_owned(), token.to_owned());
+        env_vars.insert("OZ_API_BASE_URL".to_owned(), self.api_base_url.clone());
+        TaskAssignment {
+            task_id: run.run_id.clone(),
+            execution_id: Some(execution_id.to_owned()),
+            task: Some(Task {
+                id: run.run_id.clone(),
+                title: Some(run.title.clone()),
+                task_definition: Some(TaskDefinition {
+                    prompt: Some(run.prompt.clone()),
+                }),
+                created_at: Some(run.created_at.clone().into()),
+                updated_at: Some(run.updated_at.clone().into()),
+                owner: None,
+                agent_conversation_id: None,
+                agent_config_snapshot: snapshot,
+            }),
+            env_vars,
+            ..Default::default()
+        }
+    }
+
+    async fn timer_pass(&self) -> Result<(), oz_store::StoreError> {
+        // Lost workers.
+        let expired: Vec<(String, Orphan)> = {
+            let mut reg = self.reg();
+            let ids: Vec<String> = reg
+                .orphans
+                .iter()
+                .filter(|(_, o)| o.since.elapsed() >= self.settings.lease_grace)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| reg.orphans.remove(&id).map(|o| (id, o)))
+                .collect()
+        };
+        for (run_id, orphan) in expired {
+            let Some(run) = self.store.get_run(&run_id).await? else {
+                continue;
+            };
+            if run.state == RunState::Pending {
+                let patch = RunPatch {
+                    holder: Some(None),
+                    token_hash: Some(None),
+                    status_message: Some(Some(StatusMessage::info(format!(
+                        "requeued: worker {:?} disconnected before claiming the run",
+                        orphan.worker_id
+                    )))),
+                    ..Default::default()
+                };
+                self.store
+                    .transition(
+                        &run_id,
+                        &[RunState::Pending],
+                        RunState::Queued,
+                        patch,
+                        &now(),
+                    )
+                    .await?;
+                continue;
+            }
+            let msg = format!(
+                "worker {:?} was lost: it disconnected at {} and did not come back within {}",
+                orphan.worker_id,
+                orphan.since_ts,
+                humantime::format_duration(self.settings.lease_grace)
+            );
+            tracing::warn!(run_id, worker_id = %orphan.worker_id, "run lost with its worker");
+            self.end_run(
+                &run_id,
+                &LIVE,
+                RunState::Error,
+                StatusMessage::error(msg, "resource_unavailable", true),
+            )
+            .await?;
+        }
+
+        // Unconfirmed cancellations and unanswered assignments.
+        for run in self.store.active_runs().await? {
+            if let Some(asked) = &run.cancel_requested_at
+                && age(asked) >= self.settings.cancel_timeout
+            {
+                let msg = format!(
+                    "cancelled; the worker did not confirm the cancellation within {}",
+                    humantime::format_duration(self.settings.cancel_timeout)
+                );
+                self.end_run(
+                    &run.run_id,
+                    &LIVE,
+                    RunState::Cancelled,
+                    StatusMessage::info(msg),
+                )
+                .await?;
+                continue;
+            }
+            if run.state == RunState::Pending
+                && run
+                    .assigned_at
+                    .as_deref()
+                    .is_some_and(|t| age(t) >= self.settings.assign_timeout)
+                && !self.reg().orphans.contains_key(&run.run_id)
+            {
+                let patch = RunPatch {
+                    holder: Some(None),
+                    token_hash: Some(None),
+                    status_message: Some(Some(StatusMessage::info(
+                        "requeued: the worker did not answer the assignment",
+                    ))),
+                    ..Default::default()
+                };
+                if self
+                    .store
+                    .transition(
+                        &run.run_id,
+                        &[RunState::Pending],
+                        RunState::Queued,
+                        patch,
+                        &now(),
+                    )
+                    .await?
+                    .is_some()
+                {
+                    self.forget(&run.run_id);
+                    self.wake();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Move a run to a terminal state, clearing its holder and token.
+    async fn end_run(
+        &self,
+        run_id: &str,
+        from: &[RunState],
+        to: RunState,
+        status: StatusMessage,
+    ) -> Result<Option<Run>, oz_store::StoreError> {
+        let now_ts = now();
+        let patch = RunPatch {
+            status_message: Some(Some(status)),
+            holder: Some(None),
+            token_hash: Some(None),
+            ended_at: Some(Some(now_ts.clone())),
+            ..Default::default()
+        };
+        let run = self
+            .store
+            .transition(run_id, from, to, patch, &now_ts)
+            .await?;
+        if run.is_some() {
+            tracing::info!(run_id, state = %to, "run ended");
+            self.forget(run_id);
+            self.wake();
+        }
+        Ok(run)
+    }
+
+    /// Drop every in-memory trace of a run; frees the slot it held.
+    fn forget(&self, run_id: &str) {
+        let mut reg = self.reg();
+        reg.orphans.remove(run_id);
+        for c in reg.conns.values_mut() {
+            if c.running.remove(run_id) {
+                c.saturated = false;
+            }
+        }
+    }
+
+    // ---- connections -------------------------------------------------------
+
+    /// Register a new connection; returns its id and the frames to send it.
+    pub fn connect(
+        &self,
+        worker_id: &str,
+        team_id: &str,
+        remote: String,
+    ) -> (String, mpsc::UnboundedReceiver<String>, Vec<String>) {
+        let conn_id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hello = ServerMessage::ServerHello(ServerHello {
+            protocol: 1,
+            extensions: vec![oz_protocol::ext::WORKER_STATUS.to_owned()],
+        })
+        .encode();
+        let mut reg = self.reg();
+        // Runs orphaned by a worker with this id are presumed to be running
+        // on this one: the official worker keeps tasks across reconnects.
+        let adopted: Vec<String> = reg
+            .orphans
+            .iter()
+            .filter(|(_, o)| o.worker_id == worker_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &adopted {
+            reg.orphans.remove(id);
+        }
+        reg.conns.insert(
+            conn_id.clone(),
+            Conn {
+                worker_id: worker_id.to_owned(),
+                team_id: team_id.to_owned(),
+                tx,
+                running: adopted.iter().cloned().collect(),
+                saturated: false,
+                status: None,
+                connected_at: now(),
+                remote,
+            },
+        );
+        drop(reg);
+        if !adopted.is_empty() {
+            tracing::info!(worker_id, connection = %conn_id, runs = adopted.len(), "worker came back; its runs are attached again");
+        }
+        self.wake();
+        (conn_id, rx, vec![hello])
+    }
+
+    /// Resend pending cancellations for runs held by this connection (after
+    /// a reconnect); also records the new holder.
+    pub async fn after_connect(&self, conn_id: &str) -> Result<(), oz_store::StoreError> {
+        let runs: Vec<String> = self
+            .reg()
+            .conns
+            .get(conn_id)
+            .map(|c| c.running.iter().cloned().collect())
+            .unwrap_or_default();
+        for run_id in runs {
+            let patch = RunPatch {
+                holder: Some(Some(conn_id.to_owned())),
+                ..Default::default()
+            };
+            if let Some(run) = self.store.patch_run(&run_id, &LIVE, patch, &now()).await?
+                && run.cancel_requested_at.is_some()
+            {
+                self.send_to(
+                    conn_id,
+                    &ServerMessage::TaskCancellation(TaskCancellation { task_id: run_id }),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection is gone: its runs become orphans.
+    pub fn disconnect(&self, conn_id: &str) {
+        let mut reg = self.reg();
+        let Some(conn) = reg.conns.remove(conn_id) else {
+            return;
+        };
+        let since_ts = now();
+        for run_id in conn.running {
+            reg.orphans.insert(
+                run_id,
+                Orphan {
+                    worker_id: conn.worker_id.clone(),
+                    since: Instant::now(),
+                    since_ts: since_ts.clone(),
+                },
+            );
+        }
+        drop(reg);
+        tracing::info!(worker_id = %conn.worker_id, connection = conn_id, "worker disconnected");
+        self.wake();
+    }
+
+    fn send_to(&self, conn_id: &str, msg: &ServerMessage) -> bool {
+        let reg = self.reg();
+        reg.conns
+            .get(conn_id)
+            .is_some_and(|c| c.tx.send(msg.encode()).is_ok())
+    }
+
+    /// Ask the worker holding `run` to cancel it. False if it is not connected
+    /// now (the request is repeated when it comes back).
+    pub fn request_cancel(&self, run: &Run) -> bool {
+        let msg = ServerMessage::TaskCancellation(TaskCancellation {
+            task_id: run.run_id.clone(),
+        });
+        let holder = {
+            let reg = self.reg();
+            reg.conns
+                .iter()
+                .find(|(_, c)| c.running.contains(&run.run_id))
+                .map(|(id, _)| id.clone())
+                .or_else(|| run.holder.clone())
+        };
+        holder.is_some_and(|h| self.send_to(&h, &msg))
+    }
+
+    /// Handle one frame from a worker connection.
+    pub async fn on_frame(
+        &self,
+        conn_id: &str,
+        worker_id: &str,
+        msg: WorkerMessage,
+    ) -> Result<(), oz_store::StoreError> {
+        let now_ts = now();
+        match msg {
+            WorkerMessage::TaskClaimed(c) => {
+                let patch = RunPatch {
+                    holder: Some(Some(conn_id.to_owned())),
+                    status_message: Some(None),
+                    ..Default::default()
+                };
+                let run = self
+                    .store
+                    .transition(
+                        &c.task_id,
+                        &[RunState::Pending],
+                        RunState::Claimed,
+                        patch,
+                        &now_ts,
+                    )
+                    .await?;
+                let live = match run {
+                    Some(_) => {
+                        tracing::info!(run_id = %c.task_id, worker_id, "run claimed");
+                        true
+                    }
+                    // A repeated claim of a run this worker already holds.
+                    None => self
+                        .store
+                        .get_run(&c.task_id)
+                        .await?
+                        .is_some_and(|r| r.state.is_active()),
+                };
+                if live {
+                    self.attach(conn_id, &c.task_id);
+                }
+            }
+            WorkerMessage::TaskRejected(r) => {
+                let Some(run) = self.store.get_run(&r.task_id).await? else {
+                    return Ok(());
+                };
+                if run.state != RunState::Pending || run.holder.as_deref() != Some(conn_id) {
+                    return Ok(());
+                }
+                let patch = RunPatch {
+                    holder: Some(None),
+                    token_hash: Some(None),
+                    execution_id: Some(None),
+                    status_message: Some(Some(StatusMessage::info(format!(
+                        "worker {worker_id:?} rejected the run ({}); waiting for a free slot",
+                        r.reason
+                    )))),
+                    ..Default::default()
+                };
+                self.store
+                    .transition(
+                        &r.task_id,
+                        &[RunState::Pending],
+                        RunState::Queued,
+                        patch,
+                        &now_ts,
+                    )
+                    .await?;
+                {
+                    let mut reg = self.reg();
+                    if let Some(c) = reg.conns.get_mut(conn_id) {
+                        c.running.remove(&r.task_id);
+                        c.saturated = true;
+                    }
+                }
+                tracing::info!(run_id = %r.task_id, worker_id, reason = %r.reason, "run rejected; back in the queue");
+                self.wake();
+            }
+            WorkerMessage::TaskCompleted(c) => {
+                let cancelled = c.task_state.as_deref() == Some("CANCELLED");
+                let (state, status) = if cancelled {
+                    (RunState::Cancelled, StatusMessage::info(c.message))
+                } else {
+                    (RunState::Succeeded, StatusMessage::info(c.message))
+                };
+                self.finish_from_worker(&c.task_id, state, status).await?;
+            }
+            WorkerMessage::TaskFailed(f) => {
+                let (state, status) = failure_status(&f);
+                self.finish_from_worker(&f.task_id, state, status).await?;
+            }
+            WorkerMessage::WorkerStatus(status) => self.on_status(conn_id, status),
+        }
+        Ok(())
+    }
+
+    async fn finish_from_worker(
+        &self,
+        run_id: &str,
+        state: RunState,
+        status: StatusMessage,
+    ) -> Result<(), oz_store::StoreError> {
+        let from = [
+            RunState::Queued,
+            RunState::Pending,
+            RunState::Claimed,
+            RunState::Inprogress,
+        ];
+        if self.end_run(run_id, &from, state, status).await?.is_none() {
+            tracing::debug!(run_id, "late or duplicate result ignored");
+            self.forget(run_id);
+        }
+        Ok(())
+    }
+
+    fn attach(&self, conn_id: &str, run_id: &str) {
+        let mut reg = self.reg();
+        reg.orphans.remove(run_id);
+        if let Some(c) = reg.conns.get_mut(conn_id) {
+            c.running.insert(run_id.to_owned());
+        }
+    }
+
+    /// Extension: the worker told us what it runs. Adopted runs it does not
+    /// list go back to waiting for their real worker.
+    fn on_status(&self, conn_id: &str, status: WorkerStatus) {
+        let mut reg = self.reg();
+        let Some(conn) = reg.conns.get_mut(conn_id) else {
+            return;
+        };
+        let listed: HashSet<String> = status.running.iter().cloned().collect();
+        let unlisted: Vec<String> = conn.running.difference(&listed).cloned().collect();
+        for id in &listed {
+            conn.running.insert(id.clone());
+        }
+        for id in &unlisted {
+            conn.running.remove(id);
+        }
+        let worker_id = conn.worker_id.clone();
+        conn.status = Some(status);
+        let since_ts = now();
+        for id in unlisted {
+            reg.orphans.entry(id).or_insert(Orphan {
+                worker_id: worker_id.clone(),
+                since: Instant::now(),
+                since_ts: since_ts.clone(),
+            });
+        }
+        for id in listed {
+            reg.orphans.remove(&id);
+        }
+        drop(reg);
+        self.wake();
+    }
+
+    /// Connected workers, for `GET /api/v1/workers`.
+    pub fn workers(&self, team_id: &str) -> Vec<WorkerInfo> {
+        let reg = self.reg();
+        let mut out: Vec<WorkerInfo> = reg
+            .conns
+            .iter()
+            .filter(|(_, c)| c.team_id == team_id)
+            .map(|(id, c)| {
+                let mut running: Vec<String> = c.running.iter().cloned().collect();
+                running.sort();
+                WorkerInfo {
+                    worker_id: c.worker_id.clone(),
+                    connection_id: id.clone(),
+                    connected_at: c.connected_at.clone(),
+                    remote_addr: c.remote.clone(),
+                    version: c.status.as_ref().map(|s| s.version.clone()),
+                    backend: c.status.as_ref().map(|s| s.backend.clone()),
+                    max_concurrent_tasks: c.status.as_ref().map(|s| s.max_concurrent_tasks),
+                    at_capacity: c.saturated || !has_room(c),
+                    draining: c.status.as_ref().is_some_and(|s| s.draining),
+                    running_runs: running,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.worker_id
+                .cmp(&b.worker_id)
+                .then(a.connected_at.cmp(&b.connected_at))
+        });
+        out
+    }
+
+    /// Close every connection (server shutdown); workers will reconnect.
+    pub fn close_all(&self) {
+        self.reg().conns.clear();
+    }
+}
+
+fn has_room(c: &Conn) -> bool {
+    match &c.status {
+        Some(s) if s.draining => false,
+        Some(s) if s.max_concurrent_tasks > 0 => (c.running.len() as u64) < s.max_concurrent_tasks,
+        _ => true,
+    }
+}
+
+/// Seconds since a stored timestamp (0 if unparsable).
+fn age(ts: &str) -> Duration {
+    oz_store::parse_ts(ts)
+        .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
+        .unwrap_or_default()
+}
+
+/// Map a `task_failed` to the run's final state: what the task itself did
+/// wrong is FAILED; what the infrastructure did is ERROR.
+fn failure_status(f: &oz_protocol::TaskFailed) -> (RunState, StatusMessage) {
+    let mut message = f.message.clone();
+    if let Some(code) = f.exit_code {
+        message.push_str(&format!(" (exit code {code})"));
+    }
+    let reason = f.failure_reason.unwrap_or(FailureReason::Unknown);
+    match reason {
+        FailureReason::AgentInvocation | FailureReason::TaskTimeout => (
+            RunState::Failed,
+            StatusMessage {
+                message,
+                error_code: None,
+                retryable: Some(false),
+            },
+        ),
+        FailureReason::SetupCommand | FailureReason::WorkspaceSetup => (
+            RunState::Failed,
+            StatusMessage::error(message, "environment_setup_failed", false),
+        ),
+        FailureReason::GracefulShutdown | FailureReason::TaskCancelled => (
+            RunState::Error,
+            StatusMessage::error(message, "resource_unavailable", true),
+        ),
+        _ => (
+            RunState::Error,
+            StatusMessage::error(message, "internal_error", true),
+        ),
+    }
+}

@@ -1,0 +1,109 @@
+//! `GET /api/v1/selfhosted/worker/ws?worker_id=…`: the worker WebSocket.
+//!
+//! Speaks the official v1 protocol; `server_hello` announces our
+//! extensions and is ignored by workers that do not know it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use oz_protocol::WorkerMessage;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A worker pings every 30 s; silence for this long means it is gone.
+const READ_TIMEOUT: Duration = Duration::from_secs(90);
+const PING_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    worker_id: Option<String>,
+}
+
+pub async fn worker_ws(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<WsQuery>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    if matches!(principal, Principal::RunToken { .. }) {
+        return Err(ApiError::forbidden(
+            "a run token cannot open the worker WebSocket",
+        ));
+    }
+    let worker_id = q
+        .worker_id
+        .filter(|w| !w.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("the worker_id query parameter is required"))?;
+    let stop = state.shutdown.clone();
+    let team_id = principal.team_id().to_owned();
+    Ok(upgrade
+        .on_upgrade(move |socket| serve(state, socket, worker_id, team_id, addr.to_string(), stop)))
+}
+
+async fn serve(
+    state: AppState,
+    socket: WebSocket,
+    worker_id: String,
+    team_id: String,
+    remote: String,
+    stop: CancellationToken,
+) {
+    let hub = state.hub.clone();
+    let (conn_id, mut rx, greetings) = hub.connect(&worker_id, &team_id, remote.clone());
+    tracing::info!(worker_id, connection = %conn_id, remote, "worker connected");
+    let (mut sink, mut stream) = socket.split();
+    for g in greetings {
+        if sink.send(Message::text(g)).await.is_err() {
+            hub.disconnect(&conn_id);
+            return;
+        }
+    }
+    if let Err(e) = hub.after_connect(&conn_id).await {
+        tracing::error!(error = %e, "cannot re-attach runs to the connection");
+    }
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+                match frame {
+                    Some(Ok(Message::Text(text))) => match WorkerMessage::decode(text.as_str()) {
+                        Ok(msg) => {
+                            if let Err(e) = hub.on_frame(&conn_id, &worker_id, msg).await {
+                                tracing::error!(error = %e, "cannot record a worker frame");
+                            }
+                        }
+                        Err(e) => tracing::warn!(worker_id, error = %e, "ignoring a frame from the worker"),
+                    },
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+            out = rx.recv() => match out {
+                Some(text) => if sink.send(Message::text(text)).await.is_err() { break },
+                None => break,
+            },
+            _ = ping.tick() => if sink.send(Message::Ping(Default::default())).await.is_err() { break },
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(worker_id, "no frame from the worker for {}s; dropping the connection", READ_TIMEOUT.as_secs());
+                break;
+            }
+            _ = stop.cancelled() => {
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                break;
+            }
+        }
+    }
+    hub.disconnect(&conn_id);
+}
