@@ -63,6 +63,8 @@ struct Orphan {
 struct Registry {
     conns: HashMap<String, Conn>,
     orphans: HashMap<String, Orphan>,
+    /// Waiting reason last written to the queued runs of (team, worker id).
+    reasons: HashMap<(String, String), String>,
 }
 
 /// What `GET /api/v1/workers` shows of a connection.
@@ -204,6 +206,62 @@ impl Hub {
                 self.assign(run, &conn_id, &now_ts).await?;
             }
         }
+        self.refresh_waiting().await
+    }
+
+    /// Keep the `status_message` of waiting runs true when their situation
+    /// changes (worker gone, full, draining). Written only on change.
+    async fn refresh_waiting(&self) -> Result<(), oz_store::StoreError> {
+        let changed: Vec<((String, String), String)> = {
+            let reg = self.reg();
+            let mut keys: HashSet<(String, String)> = reg
+                .conns
+                .values()
+                .map(|c| (c.team_id.clone(), c.worker_id.clone()))
+                .collect();
+            keys.extend(reg.reasons.keys().cloned());
+            drop(reg);
+            keys.into_iter()
+                .filter_map(|key| {
+                    let (reason, waiting) = self.waiting(&key.0, &key.1);
+                    let mut reg = self.reg();
+                    if !waiting {
+                        // A worker has room: the runs are handed out in this
+                        // very pass. Forget the last reason so the next
+                        // wait is written again.
+                        reg.reasons.remove(&key);
+                        return None;
+                    }
+                    let stale = reg.reasons.get(&key) != Some(&reason);
+                    stale.then_some((key, reason))
+                })
+                .collect()
+        };
+        let now_ts = now();
+        for ((team_id, worker_id), reason) in changed {
+            let query = RunQuery {
+                team_id: team_id.clone(),
+                limit: 1000,
+                states: vec![RunState::Queued],
+                worker_host: Some(worker_id.clone()),
+                sort_by: SortBy::CreatedAt,
+                sort_order: SortOrder::Asc,
+                ..Default::default()
+            };
+            for run in self.store.list_runs(&query).await? {
+                if run.status_message.as_ref().map(|s| s.message.as_str()) != Some(reason.as_str())
+                {
+                    let patch = RunPatch {
+                        status_message: Some(Some(StatusMessage::info(reason.clone()))),
+                        ..Default::default()
+                    };
+                    self.store
+                        .patch_run(&run.run_id, &[RunState::Queued], patch, &now_ts)
+                        .await?;
+                }
+            }
+            self.reg().reasons.insert((team_id, worker_id), reason);
+        }
         Ok(())
     }
 
@@ -282,6 +340,9 @@ impl Hub {
             let patch = RunPatch {
                 holder: Some(None),
                 token_hash: Some(None),
+                status_message: Some(Some(StatusMessage::info(
+                    "requeued: the worker's connection closed before the assignment was sent",
+                ))),
                 ..Default::default()
             };
             self.store
@@ -313,6 +374,12 @@ impl Hub {
 
     /// Why a run for `worker_id` would wait right now (its status message).
     pub fn waiting_reason(&self, team_id: &str, worker_id: &str) -> String {
+        self.waiting(team_id, worker_id).0
+    }
+
+    /// The waiting reason, and whether runs really wait (false while a
+    /// worker with that id has room).
+    fn waiting(&self, team_id: &str, worker_id: &str) -> (String, bool) {
         let reg = self.reg();
         let conns: Vec<&Conn> = reg
             .conns
@@ -320,16 +387,32 @@ impl Hub {
             .filter(|c| c.team_id == team_id && c.worker_id == worker_id)
             .collect();
         if conns.is_empty() {
-            format!("waiting for a worker with id {worker_id:?} to connect")
+            (
+                format!("waiting for a worker with id {worker_id:?} to connect"),
+                true,
+            )
         } else if conns.iter().any(|c| !c.saturated && has_room(c)) {
-            format!("waiting to be handed to worker {worker_id:?}")
+            (
+                format!("waiting to be handed to worker {worker_id:?}"),
+                false,
+            )
         } else if conns
             .iter()
             .all(|c| c.status.as_ref().is_some_and(|s| s.draining))
         {
-            format!("every worker with id {worker_id:?} is shutting down; waiting for another one")
+            (
+                format!(
+                    "every worker with id {worker_id:?} is shutting down; waiting for another one"
+                ),
+                true,
+            )
         } else {
-            format!("every worker with id {worker_id:?} is at capacity; waiting for a free slot")
+            (
+                format!(
+                    "every worker with id {worker_id:?} is at capacity; waiting for a free slot"
+                ),
+                true,
+            )
         }
     }
 

@@ -200,10 +200,13 @@ fn resolve(a: &ServeArgs) -> anyhow::Result<Resolved> {
         .public_url
         .clone()
         .or(file.public_url)
-        .unwrap_or_else(|| format!("http://{listen}"))
+        // Without one, it is derived from the bound address in `serve`
+        // (the configured port may be 0).
+        .unwrap_or_default()
         .trim_end_matches('/')
         .to_owned();
-    if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+    let scheme_ok = public_url.starts_with("http://") || public_url.starts_with("https://");
+    if !public_url.is_empty() && !scheme_ok {
         bail!("public URL {public_url:?} must start with http:// or https://");
     }
     let settings = ServerSettings {
@@ -324,6 +327,10 @@ async fn serve(r: Resolved) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", r.listen))?;
     let local = listener.local_addr()?;
+    let mut r = r;
+    if r.settings.public_url.is_empty() {
+        r.settings.public_url = format!("http://{local}");
+    }
     let shutdown = CancellationToken::new();
     let state = oz_server::state(store, r.settings.clone(), shutdown.clone()).await?;
     tokio::spawn(stop_on_signal(shutdown));
