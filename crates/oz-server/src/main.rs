@@ -180,8 +180,11 @@ fn resolve(a: &ServeArgs) -> anyhow::Result<Resolved> {
             if text.trim().is_empty() {
                 FileConfig::default()
             } else {
-                serde_saphyr::from_str::<FileConfig>(&text)
-                    .map_err(|e| anyhow::anyhow!("invalid config file {}:\n{e}", path.display()))?
+                serde_saphyr::from_str_with_options::<FileConfig>(
+                    &text,
+                    serde_saphyr::options! { strict_booleans: true },
+                )
+                .map_err(|e| anyhow::anyhow!("invalid config file {}:\n{e}", path.display()))?
             }
         }
         None => FileConfig::default(),

@@ -222,15 +222,19 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
-        serde_saphyr::from_str::<Option<FileConfig>>(text)
-            .map(Option::unwrap_or_default)
-            .map_err(|e| {
-                let mut msg = e.to_string();
-                if msg.contains("unknown field `log_level`") {
-                    msg.push_str("\nhint: the log level is not a config key; use --log-level");
-                }
-                msg
-            })
+        // YAML 1.2 booleans only, as the official worker (yaml.v3) reads them.
+        serde_saphyr::from_str_with_options::<Option<FileConfig>>(
+            text,
+            serde_saphyr::options! { strict_booleans: true },
+        )
+        .map(Option::unwrap_or_default)
+        .map_err(|e| {
+            let mut msg = e.to_string();
+            if msg.contains("unknown field `log_level`") {
+                msg.push_str("\nhint: the log level is not a config key; use --log-level");
+            }
+            msg
+        })
     }
 }
 
@@ -769,6 +773,14 @@ backend:
             let e = FileConfig::parse(yaml).unwrap_err();
             assert!(e.contains(line), "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn only_yaml_1_2_booleans() {
+        let e = FileConfig::parse("cleanup: yes\n").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+        let f = FileConfig::parse("worker_id: no\ncleanup: false\n").unwrap();
+        assert_eq!(f.worker_id.as_deref(), Some("no"));
     }
 
     #[test]

@@ -29,6 +29,15 @@ use crate::direct::DirectBackend;
 /// Resolve the configuration, run the startup checks, and serve until a
 /// signal stops the worker.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    run_until(cli, tokio_util::sync::CancellationToken::new()).await
+}
+
+/// [`run`], with `stop` acting as a first SIGTERM (drain and exit): for
+/// programs that embed a worker, such as `oz quickstart`.
+pub async fn run_until(
+    cli: Cli,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<ExitCode> {
     let file = match &cli.config_file {
         Some(path) => {
             let path = expand_home(path);
@@ -60,7 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         "starting oz-agent-worker"
     );
     backend.sweep_leftovers().await;
-    worker::Worker::run(settings, Arc::new(backend)).await
+    worker::Worker::run(settings, Arc::new(backend), stop).await
 }
 
 fn expand_home(path: &std::path::Path) -> std::path::PathBuf {

@@ -58,9 +58,12 @@ pub struct Worker {
 
 impl Worker {
     /// Run until a signal stops the worker; returns the exit status.
+    /// `stop` acts like a first SIGTERM (drain), for embedding the worker
+    /// in another program.
     pub async fn run(
         settings: Arc<Settings>,
         backend: Arc<DirectBackend>,
+        stop: CancellationToken,
     ) -> anyhow::Result<ExitCode> {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
@@ -101,6 +104,7 @@ impl Worker {
                 Some((id, outcome)) = worker.done_rx.recv() => worker.on_done(id, outcome),
                 _ = sigterm.recv() => if worker.on_signal("SIGTERM") { forced = true; break },
                 _ = sigint.recv() => if worker.on_signal("SIGINT") { forced = true; break },
+                _ = stop.cancelled(), if !worker.draining => { worker.on_signal("stop request"); },
             }
         }
 
