@@ -68,18 +68,20 @@ enum RunCommand {
         /// How many runs (1-500).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
         limit: u32,
-        /// Only runs in this state (repeatable): QUEUED, PENDING, CLAIMED, INPROGRESS, SUCCEEDED, FAILED, ERROR, CANCELLED.
+        /// Only runs in this state (repeatable): QUEUED, PENDING, CLAIMED, INPROGRESS, SUCCEEDED, FAILED, BLOCKED, ERROR, CANCELLED.
         #[arg(long = "state", value_parser = parse_state)]
         states: Vec<RunState>,
         /// Only runs with this config.name.
         #[arg(long)]
         name: Option<String>,
+        /// table for people, json (the API's own) for scripts.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
     /// Show one run.
     Get {
         run_id: String,
+        /// table for people, json (the API's own) for scripts.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
@@ -91,6 +93,7 @@ enum RunCommand {
 enum WorkerCommand {
     /// List connected workers.
     List {
+        /// table for people, json (the API's own) for scripts.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },

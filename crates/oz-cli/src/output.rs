@@ -1,7 +1,34 @@
 //! Terminal output: tables that fit the terminal, colour only on a TTY,
 //! stable JSON for scripts.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+
+/// `println!` that ends the process quietly when the reader went away
+/// (`oz run list | head`): Rust ignores SIGPIPE, so a plain `println!`
+/// would panic on the broken pipe.
+#[macro_export]
+macro_rules! say {
+    () => { $crate::output::emit("\n") };
+    ($($arg:tt)*) => { $crate::output::emit(&format!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` with the same broken-pipe handling as [`say!`].
+#[macro_export]
+macro_rules! say_raw {
+    ($($arg:tt)*) => { $crate::output::emit(&format!($($arg)*)) };
+}
+
+/// Write to stdout; exit 0 on a broken pipe, report other errors once.
+pub fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 use clap::ValueEnum;
 use oz_protocol::api::RunState;
@@ -77,7 +104,7 @@ impl Style {
 /// Pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => crate::say!("{s}"),
         Err(e) => eprintln!("error: cannot encode the answer as JSON: {e}"),
     }
 }
@@ -121,6 +148,26 @@ pub fn table(
                 widths[i] = widths[i].min(each).max(columns[i].header.chars().count());
             }
         }
+    }
+    // Still too wide (narrow terminal): shrink the widest columns, fixed
+    // ones included, down to 4 characters each; the first column (the id
+    // people copy) goes last.
+    let mut total: usize = widths.iter().sum::<usize>() + gaps;
+    while total > style.width {
+        let widest = |from: usize| {
+            widths
+                .iter()
+                .enumerate()
+                .skip(from)
+                .filter(|(_, w)| **w > 4)
+                .max_by_key(|(_, w)| **w)
+                .map(|(i, _)| i)
+        };
+        let Some(i) = widest(1).or_else(|| widest(0)) else {
+            break;
+        };
+        widths[i] -= 1;
+        total -= 1;
     }
     let mut out = String::new();
     let line = |cells: Vec<String>, header: bool| -> String {

@@ -19,6 +19,7 @@ use serde_json::Value;
 pub mod api;
 mod de;
 pub mod failure;
+pub mod logs;
 pub mod task;
 
 pub use failure::FailureReason;
@@ -102,6 +103,15 @@ pub struct TaskAssignment {
         skip_serializing_if = "Option::is_none"
     )]
     pub instance_shape: Option<InstanceShape>,
+    /// Extension `logs`: names of `env_vars` whose values are secrets, to be
+    /// redacted from the task's output. The official control plane never
+    /// sends it; the run token (`WARP_API_KEY`) is always treated as secret.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "de::null_as_default"
+    )]
+    pub secret_env_vars: Vec<String>,
 }
 
 /// `task_cancellation.data`.
@@ -120,6 +130,8 @@ pub enum ServerMessage {
     /// The official control plane never sends it; a worker that does not
     /// know it ignores it like any unknown type.
     ServerHello(ServerHello),
+    /// Extension `logs`: lines up to a seq are stored.
+    LogAck(logs::LogAck),
     /// A type this version does not know (for example an extension, or the
     /// declared-but-unused `heartbeat`). Logged and ignored, never fatal.
     Unknown {
@@ -183,6 +195,12 @@ impl ServerMessage {
                     kind: env.kind.clone(),
                     source,
                 }),
+            "log_ack" => de::from_object(data)
+                .map(ServerMessage::LogAck)
+                .map_err(|source| DecodeError::Data {
+                    kind: env.kind.clone(),
+                    source,
+                }),
             "task_cancellation" => de::from_object(data)
                 .map(ServerMessage::TaskCancellation)
                 .map_err(|source| DecodeError::Data {
@@ -199,6 +217,7 @@ impl ServerMessage {
             ServerMessage::TaskAssignment(a) => ("task_assignment", to_value(a.as_ref())),
             ServerMessage::TaskCancellation(c) => ("task_cancellation", to_value(c)),
             ServerMessage::ServerHello(h) => ("server_hello", to_value(h)),
+            ServerMessage::LogAck(a) => ("log_ack", to_value(a)),
             ServerMessage::Unknown { kind } => (kind.as_str(), None),
         };
         encode_envelope(kind, data)
@@ -215,6 +234,10 @@ pub enum WorkerMessage {
     TaskFailed(TaskFailed),
     /// Extension, sent only in answer to `server_hello`.
     WorkerStatus(WorkerStatus),
+    /// Extension `logs`: output lines of a task.
+    LogLines(logs::LogLines),
+    /// Extension `logs`: the last line of a task was sent.
+    LogEnd(logs::LogEnd),
 }
 
 /// Extension names a control plane may announce in `server_hello`.
@@ -222,6 +245,9 @@ pub mod ext {
     /// The worker answers `server_hello` with `worker_status`, listing the
     /// tasks it runs, so a control plane can reconcile after a reconnect.
     pub const WORKER_STATUS: &str = "worker_status";
+    /// The worker streams task output (`log_lines`, `log_end`) and the
+    /// server acknowledges it (`log_ack`). See [`crate::logs`].
+    pub const LOGS: &str = "logs";
 }
 
 /// `server_hello.data`.
@@ -317,6 +343,8 @@ impl WorkerMessage {
             WorkerMessage::TaskCompleted(m) => &m.task_id,
             WorkerMessage::TaskFailed(m) => &m.task_id,
             WorkerMessage::WorkerStatus(_) => "",
+            WorkerMessage::LogLines(m) => &m.task_id,
+            WorkerMessage::LogEnd(m) => &m.task_id,
         }
     }
 
@@ -328,6 +356,8 @@ impl WorkerMessage {
             WorkerMessage::TaskCompleted(_) => "task_completed",
             WorkerMessage::TaskFailed(_) => "task_failed",
             WorkerMessage::WorkerStatus(_) => "worker_status",
+            WorkerMessage::LogLines(_) => "log_lines",
+            WorkerMessage::LogEnd(_) => "log_end",
         }
     }
 
@@ -360,6 +390,8 @@ impl WorkerMessage {
             "task_rejected" => WorkerMessage::TaskRejected(de::from_object(data).map_err(wrap)?),
             "task_completed" => WorkerMessage::TaskCompleted(de::from_object(data).map_err(wrap)?),
             "worker_status" => WorkerMessage::WorkerStatus(de::from_object(data).map_err(wrap)?),
+            "log_lines" => WorkerMessage::LogLines(de::from_object(data).map_err(wrap)?),
+            "log_end" => WorkerMessage::LogEnd(de::from_object(data).map_err(wrap)?),
             "task_failed" => WorkerMessage::TaskFailed(de::from_object(data).map_err(wrap)?),
             _ => return Err(WorkerDecodeError::UnknownType(kind)),
         })

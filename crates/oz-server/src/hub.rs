@@ -807,6 +807,13 @@ impl Hub {
                 self.finish_from_worker(&f.task_id, state, status).await?;
             }
             WorkerMessage::WorkerStatus(status) => self.on_status(conn_id, status),
+            // Not announced yet: a worker must not send them.
+            WorkerMessage::LogLines(_) | WorkerMessage::LogEnd(_) => {
+                tracing::debug!(
+                    worker_id,
+                    "ignoring log frames: the logs extension is not enabled"
+                );
+            }
         }
         Ok(())
     }

@@ -206,7 +206,8 @@ impl Worker {
                     self.send(self.status());
                 }
             }
-            ServerMessage::Unknown { .. } => {}
+            // Acknowledgements are the connection's business (log spool).
+            ServerMessage::LogAck(_) | ServerMessage::Unknown { .. } => {}
         }
     }
 

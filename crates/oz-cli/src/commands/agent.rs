@@ -179,12 +179,12 @@ pub async fn run_cloud(client: &Client, a: RunCloudArgs) -> ExitCode {
             .and_then(Value::as_str)
             .map(|h| format!(" for worker {h:?}"))
             .unwrap_or_default();
-        println!("Run {id} queued{host}.");
-        println!("  See it:  oz run get {id}");
-        println!("  API:     {}/agent/runs/{id}", client.base_url());
+        crate::say!("Run {id} queued{host}.");
+        crate::say!("  See it:  oz run get {id}");
+        crate::say!("  API:     {}/agent/runs/{id}", client.base_url());
     }
     if a.follow {
-        return super::follow::follow_to_exit(client, &id).await;
+        return super::follow::follow_to_exit(client, &id, a.output == Format::Json).await;
     }
     ExitCode::from(exit::OK)
 }

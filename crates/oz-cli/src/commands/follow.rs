@@ -1,6 +1,5 @@
 //! Follow a run until it ends, printing each state change.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -20,10 +19,12 @@ pub enum Followed {
 
 /// Print state changes until the run ends or Ctrl-C. Transient API errors
 /// are retried; the run is never touched.
+/// `to_stderr` keeps stdout clean when it carries JSON.
 pub async fn follow(
     client: &Client,
     run_id: &str,
     style: &Style,
+    to_stderr: bool,
 ) -> Result<Followed, crate::client::ClientError> {
     let mut last: Option<(RunState, Option<String>)> = None;
     let mut failures = 0u32;
@@ -53,11 +54,12 @@ pub async fn follow(
             let detail = msg.map(|m| format!("  {m}")).unwrap_or_default();
             let state = format!("{:<10}", run.state.as_str());
             let state = state.replacen(run.state.as_str(), &style.state(run.state), 1);
-            println!(
-                "{}",
-                format!("{}  {state}{detail}", style.dim(&time.to_string())).trim_end()
-            );
-            let _ = std::io::stdout().flush();
+            let line = format!("{}  {state}{detail}", style.dim(&time.to_string()));
+            if to_stderr {
+                eprintln!("{}", line.trim_end());
+            } else {
+                crate::say!("{}", line.trim_end());
+            }
             last = Some(now);
         }
         if run.state.is_terminal() {
@@ -71,9 +73,9 @@ pub async fn follow(
 }
 
 /// Follow and turn the outcome into the exit status.
-pub async fn follow_to_exit(client: &Client, run_id: &str) -> ExitCode {
+pub async fn follow_to_exit(client: &Client, run_id: &str, to_stderr: bool) -> ExitCode {
     let style = Style::detect();
-    match follow(client, run_id, &style).await {
+    match follow(client, run_id, &style, to_stderr).await {
         Ok(Followed::Ended(run)) if run.state == RunState::Succeeded => ExitCode::from(exit::OK),
         Ok(Followed::Ended(run)) => {
             let why = run

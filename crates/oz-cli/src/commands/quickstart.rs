@@ -85,7 +85,7 @@ async fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
     };
     let state = oz_server::state(store.clone(), settings, shutdown.clone()).await?;
     let server = tokio::spawn(oz_server::serve(listener, state));
-    println!(
+    crate::say!(
         "{} oz-server on {url} (data in {})",
         style.bold("1."),
         a.data_dir.display()
@@ -126,7 +126,7 @@ async fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
     ])?;
     let worker_stop = CancellationToken::new();
     let worker = tokio::spawn(oz_worker::run_until(cli, worker_stop.clone()));
-    println!(
+    crate::say!(
         "{} oz-agent-worker {WORKER_ID:?} (Direct backend, workspaces in {})",
         style.bold("2."),
         workspace.path().join("workspaces").display()
@@ -141,17 +141,17 @@ async fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
             "config": {"worker_host": WORKER_ID, "harness": {"type": "command"}, "name": "quickstart"}
         }))
         .await?;
-    println!(
+    crate::say!(
         "{} demo run {} (command harness), following it:",
         style.bold("3."),
         created.run_id
     );
-    let outcome = follow(&client, &created.run_id, &style).await?;
+    let outcome = follow(&client, &created.run_id, &style, false).await?;
 
     let code = match &outcome {
         Followed::Ended(run) if run.state == RunState::Succeeded => {
-            println!();
-            println!("{}", style.bold("The demo run succeeded."));
+            crate::say!();
+            crate::say!("{}", style.bold("The demo run succeeded."));
             exit::OK
         }
         Followed::Ended(run) => {
@@ -168,32 +168,32 @@ async fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
 
     let api = format!("{url}/api/v1");
     if a.keep && code == exit::OK {
-        println!();
-        println!("Both keep running; press Ctrl-C to stop them. In another terminal:");
-        println!("  export OZ_API_BASE_URL={api}");
-        println!(
+        crate::say!();
+        crate::say!("Both keep running; press Ctrl-C to stop them. In another terminal:");
+        crate::say!("  export OZ_API_BASE_URL={api}");
+        crate::say!(
             "  export WARP_API_KEY=$(cat {}/admin-api-key)",
             a.data_dir.display()
         );
-        println!(
+        crate::say!(
             "  oz agent run-cloud --host {WORKER_ID} --harness command --prompt 'echo hi' --follow"
         );
-        println!("  oz run list");
-        println!("  oz worker list");
+        crate::say!("  oz run list");
+        crate::say!("  oz worker list");
         let _ = tokio::signal::ctrl_c().await;
     } else if code == exit::OK {
-        println!("Try next:");
-        println!(
+        crate::say!("Try next:");
+        crate::say!(
             "  oz quickstart --keep          keep the server and worker running, then point oz at them:"
         );
-        println!(
+        crate::say!(
             "  export OZ_API_BASE_URL={api} WARP_API_KEY=$(cat {}/admin-api-key)",
             a.data_dir.display()
         );
-        println!(
+        crate::say!(
             "  oz agent run-cloud --host {WORKER_ID} --harness command --prompt 'echo hi' --follow"
         );
-        println!(
+        crate::say!(
             "  docs/server-operator-guide.md and docs/worker-operator-guide.md for real deployments"
         );
     }

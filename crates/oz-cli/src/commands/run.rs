@@ -33,11 +33,11 @@ pub async fn list(client: &Client, opts: ListOptions) -> ExitCode {
         Format::Json => output::print_json(&page),
         Format::Table => {
             if page.runs.is_empty() {
-                println!("No runs.");
+                crate::say!("No runs.");
             } else {
-                print!("{}", render_list(&Style::detect(), &page.runs));
+                crate::say_raw!("{}", render_list(&Style::detect(), &page.runs));
                 if page.page_info.has_next_page {
-                    println!(
+                    crate::say!(
                         "{}",
                         Style::detect().dim("(more runs exist: raise --limit)")
                     );
@@ -108,7 +108,7 @@ pub async fn get(client: &Client, run_id: &str, format: Format) -> ExitCode {
     };
     match format {
         Format::Json => output::print_json(&run),
-        Format::Table => print!("{}", render_run(&Style::detect(), &run)),
+        Format::Table => crate::say_raw!("{}", render_run(&Style::detect(), &run)),
     }
     ExitCode::from(exit::OK)
 }
@@ -181,12 +181,12 @@ pub async fn cancel(client: &Client, run_id: &str) -> ExitCode {
         }
     }
     match client.get_run(run_id).await {
-        Ok(run) if run.state == RunState::Cancelled => println!("Run {run_id} cancelled."),
-        Ok(run) => println!(
+        Ok(run) if run.state == RunState::Cancelled => crate::say!("Run {run_id} cancelled."),
+        Ok(run) => crate::say!(
             "Cancellation sent; run {run_id} is {} until its worker stops it (then CANCELLED).",
             run.state
         ),
-        Err(_) => println!("Cancellation requested for run {run_id}."),
+        Err(_) => crate::say!("Cancellation requested for run {run_id}."),
     }
     ExitCode::from(exit::OK)
 }

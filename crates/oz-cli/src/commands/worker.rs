@@ -19,10 +19,10 @@ pub async fn list(client: &Client, format: Format) -> ExitCode {
     }
     let style = Style::detect();
     if workers.is_empty() {
-        println!("No workers are connected.");
+        crate::say!("No workers are connected.");
         return ExitCode::from(exit::OK);
     }
-    print!("{}", render(&style, &workers));
+    crate::say_raw!("{}", render(&style, &workers));
     ExitCode::from(exit::OK)
 }
 
