@@ -42,6 +42,8 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// Like `http` but without the overall timeout, for long-lived streams.
+    stream_http: reqwest::Client,
     /// Base URL including `/api/v1`, without a trailing slash.
     base: String,
     key: String,
@@ -83,8 +85,14 @@ impl Client {
             .user_agent(concat!("oz-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Config(format!("cannot set up the HTTP client: {e}")))?;
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("oz-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Config(format!("cannot set up the HTTP client: {e}")))?;
         Ok(Client {
             http,
+            stream_http,
             base,
             key: api_key.to_owned(),
         })
@@ -176,6 +184,36 @@ impl Client {
             .post(&url)
             .header("Content-Type", "application/json");
         self.send(req, &url).await
+    }
+
+    /// A GET whose body is read as a stream (Server-Sent Events); no
+    /// overall timeout. Non-2xx answers become errors as usual.
+    pub async fn get_stream(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+        last_event_id: Option<u64>,
+    ) -> Result<reqwest::Response> {
+        let url = self.url(path);
+        let mut req = self
+            .stream_http
+            .get(&url)
+            .query(query)
+            .bearer_auth(&self.key)
+            .header("Accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: url.clone(),
+            reason: error_chain(&e),
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        Ok(resp)
     }
 
     // ---- typed calls --------------------------------------------------------

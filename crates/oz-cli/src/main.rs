@@ -87,6 +87,19 @@ enum RunCommand {
     },
     /// Cancel a run.
     Cancel { run_id: String },
+    /// Print a run's output (setup, agent, teardown); -f follows it live.
+    Logs {
+        run_id: String,
+        /// Keep printing new output until the run ends (Ctrl-C stops following, not the run).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only output after this sequence number.
+        #[arg(long, value_name = "N")]
+        since_seq: Option<u64>,
+        /// Only output of this phase.
+        #[arg(long, value_parser = ["setup", "agent", "teardown"])]
+        phase: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +201,17 @@ async fn dispatch(cli: Cli) -> ExitCode {
         }
         Command::Run(RunCommand::Get { run_id, output }) => {
             with_client!(|c: Client| async move { commands::run::get(&c, &run_id, output).await })
+        }
+        Command::Run(RunCommand::Logs {
+            run_id,
+            follow,
+            since_seq,
+            phase,
+        }) => {
+            with_client!(|c: Client| async move {
+                let filter = commands::logs::LogFilter { since_seq, phase };
+                commands::logs::logs(&c, &run_id, follow, filter).await
+            })
         }
         Command::Run(RunCommand::Cancel { run_id }) => {
             with_client!(|c: Client| async move { commands::run::cancel(&c, &run_id).await })

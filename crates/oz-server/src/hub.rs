@@ -11,23 +11,28 @@
 //!   runs ends (no busy loop); runs wait in QUEUED with the reason in
 //!   `status_message`;
 //! - runs of a worker that disconnected wait `lease_grace` for a worker with
-//!   the same id to come back, then end ERROR naming the lost worker.
+//!   the same id to come back, then end ERROR naming the lost worker;
+//! - log lines (extension `logs`) are acknowledged only after the
+//!   transaction that stores them committed, and published to live readers
+//!   after that (see [`crate::logs`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oz_protocol::api::{RunState, StatusMessage};
+use oz_protocol::logs::{LogAck, LogEnd, LogLines};
 use oz_protocol::{
     AgentConfigSnapshot, FailureReason, ServerHello, ServerMessage, Task, TaskAssignment,
     TaskCancellation, TaskDefinition, WorkerMessage, WorkerStatus,
 };
-use oz_store::{Run, RunPatch, RunQuery, SortBy, SortOrder, Store};
+use oz_store::{LogRecord, Run, RunPatch, RunQuery, SortBy, SortOrder, Store};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth;
+use crate::logs::{LogBus, LogEvent, LogSubscription};
 use crate::now;
 use crate::state::ServerSettings;
 
@@ -90,6 +95,7 @@ pub struct Hub {
     reg: Mutex<Registry>,
     wake: Notify,
     api_base_url: String,
+    logs: Arc<LogBus>,
 }
 
 impl Hub {
@@ -101,6 +107,7 @@ impl Hub {
             reg: Mutex::default(),
             wake: Notify::new(),
             api_base_url,
+            logs: Arc::default(),
         })
     }
 
@@ -444,6 +451,8 @@ impl Hub {
                 agent_config_snapshot: snapshot,
             }),
             env_vars,
+            // The run token must never show up in the run's log.
+            secret_env_vars: vec!["WARP_API_KEY".to_owned()],
             ..Default::default()
         }
     }
@@ -580,6 +589,7 @@ impl Hub {
             tracing::info!(run_id, state = %to, "run ended");
             self.forget(run_id);
             self.wake();
+            self.logs.publish(run_id, LogEvent::Changed);
         }
         Ok(run)
     }
@@ -608,7 +618,10 @@ impl Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         let hello = ServerMessage::ServerHello(ServerHello {
             protocol: 1,
-            extensions: vec![oz_protocol::ext::WORKER_STATUS.to_owned()],
+            extensions: vec![
+                oz_protocol::ext::WORKER_STATUS.to_owned(),
+                oz_protocol::ext::LOGS.to_owned(),
+            ],
         })
         .encode();
         let mut reg = self.reg();
@@ -807,15 +820,124 @@ impl Hub {
                 self.finish_from_worker(&f.task_id, state, status).await?;
             }
             WorkerMessage::WorkerStatus(status) => self.on_status(conn_id, status),
-            // Not announced yet: a worker must not send them.
-            WorkerMessage::LogLines(_) | WorkerMessage::LogEnd(_) => {
-                tracing::debug!(
-                    worker_id,
-                    "ignoring log frames: the logs extension is not enabled"
-                );
+            WorkerMessage::LogLines(batch) => {
+                let Some(team_id) = self.conn_team(conn_id) else {
+                    return Ok(());
+                };
+                if let Some(seq) = self.store_log_lines(&team_id, &batch).await? {
+                    self.send_to(
+                        conn_id,
+                        &ServerMessage::LogAck(LogAck {
+                            task_id: batch.task_id,
+                            seq,
+                        }),
+                    );
+                }
+            }
+            WorkerMessage::LogEnd(end) => {
+                let Some(team_id) = self.conn_team(conn_id) else {
+                    return Ok(());
+                };
+                self.store_log_end(&team_id, &end).await?;
             }
         }
         Ok(())
+    }
+
+    fn conn_team(&self, conn_id: &str) -> Option<String> {
+        self.reg().conns.get(conn_id).map(|c| c.team_id.clone())
+    }
+
+    /// The run of a log frame, if it exists and belongs to `team_id`.
+    async fn log_run(&self, team_id: &str, run_id: &str) -> Result<bool, oz_store::StoreError> {
+        let ok = self
+            .store
+            .get_run(run_id)
+            .await?
+            .is_some_and(|r| r.team_id == team_id);
+        if !ok {
+            tracing::debug!(
+                run_id,
+                "dropping log frame: no such run in the worker's team"
+            );
+        }
+        Ok(ok)
+    }
+
+    /// Store one `log_lines` frame (in one transaction) and publish the
+    /// lines to live readers. Returns the seq to acknowledge: the highest
+    /// seq of the frame, once it is committed; `None` when nothing was
+    /// stored (unknown run, another team's run, no valid line).
+    ///
+    /// Seqs start at 1; a line with seq 0 or beyond `i64::MAX` cannot be
+    /// stored and is dropped. A line whose `data_b64` does not decode is
+    /// stored as a gap marker.
+    pub async fn store_log_lines(
+        &self,
+        team_id: &str,
+        batch: &LogLines,
+    ) -> Result<Option<u64>, oz_store::StoreError> {
+        if batch.lines.is_empty() || !self.log_run(team_id, &batch.task_id).await? {
+            return Ok(None);
+        }
+        let mut records = Vec::with_capacity(batch.lines.len());
+        for line in &batch.lines {
+            if line.seq == 0 || i64::try_from(line.seq).is_err() {
+                tracing::warn!(run_id = %batch.task_id, seq = line.seq, "dropping a log line with an invalid seq");
+                continue;
+            }
+            let record = LogRecord::from_line(line).unwrap_or_else(|e| {
+                tracing::warn!(run_id = %batch.task_id, error = %e, "storing an undecodable log line as a gap");
+                LogRecord::from_line_lossy(line)
+            });
+            records.push(record);
+        }
+        // Stable: of two lines with one seq in a frame, the first is kept,
+        // as the store keeps the first one it got.
+        records.sort_by_key(|r| r.seq);
+        records.dedup_by_key(|r| r.seq);
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return Ok(None);
+        };
+        self.store.append_logs(&batch.task_id, &records).await?;
+        let lines = records.iter().map(LogRecord::to_line).collect();
+        self.logs
+            .publish(&batch.task_id, LogEvent::Lines(Arc::new(lines)));
+        Ok(Some(last))
+    }
+
+    /// Record a `log_end` and tell live readers. False when dropped.
+    pub async fn store_log_end(
+        &self,
+        team_id: &str,
+        end: &LogEnd,
+    ) -> Result<bool, oz_store::StoreError> {
+        if !self.log_run(team_id, &end.task_id).await? {
+            return Ok(false);
+        }
+        if i64::try_from(end.last_seq).is_err() {
+            tracing::warn!(run_id = %end.task_id, last_seq = end.last_seq, "dropping a log_end with an invalid seq");
+            return Ok(false);
+        }
+        let stored = self.store.set_log_end(&end.task_id, end.last_seq).await?;
+        self.logs.publish(&end.task_id, LogEvent::Changed);
+        Ok(stored)
+    }
+
+    /// Listen to a run's new log lines and changes (see [`crate::logs`]).
+    pub fn subscribe_logs(&self, run_id: &str) -> LogSubscription {
+        self.logs.subscribe(run_id)
+    }
+
+    /// Something about a run changed outside the hub (e.g. a queued run was
+    /// cancelled): wake its log readers.
+    pub fn notify_log_readers(&self, run_id: &str) {
+        self.logs.publish(run_id, LogEvent::Changed);
+    }
+
+    /// The log channels, for tests and diagnostics.
+    pub fn log_bus(&self) -> &Arc<LogBus> {
+        &self.logs
     }
 
     async fn finish_from_worker(

@@ -5,6 +5,7 @@
 //! Code map: [`api`] (one module per resource), [`ws`] (the worker
 //! WebSocket), [`hub`] (connections, dispatcher, run life cycle),
 //! [`auth`] (keys and run tokens), [`keys`] (key creation, bootstrap),
+//! [`logs`] (live log readers, retention),
 //! [`error`] (problem+json), [`state`] (shared state and settings).
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod error;
 pub mod hub;
 pub mod keys;
+pub mod logs;
 pub mod state;
 pub mod ws;
 
@@ -125,10 +127,15 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Serve until `state.shutdown` fires: HTTP, WebSocket and the dispatcher.
+/// Serve until `state.shutdown` fires: HTTP, WebSocket, the dispatcher and
+/// log retention. Open log streams end when it fires.
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     let stop = state.shutdown.clone();
     let dispatcher = tokio::spawn(state.hub.clone().run_dispatcher(stop.clone()));
+    let retention = state
+        .settings
+        .log_retention
+        .map(|keep| tokio::spawn(logs::run_retention(state.store.clone(), keep, stop.clone())));
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let graceful = stop.clone();
     axum::serve(listener, app)
@@ -137,5 +144,8 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
     stop.cancel();
     state.hub.close_all();
     let _ = dispatcher.await;
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
     Ok(())
 }

@@ -77,6 +77,9 @@ struct ServeArgs {
         value_name = "DURATION"
     )]
     cancel_timeout: Option<String>,
+    /// Delete the logs of runs that ended longer ago than this (default 7d; 0s keeps them forever).
+    #[arg(long, env = "OZ_LOG_RETENTION", global = true, value_name = "DURATION")]
+    log_retention: Option<String>,
     /// YAML config file with the same settings (snake_case keys).
     #[arg(long, env = "OZ_CONFIG", global = true, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -146,6 +149,7 @@ struct FileConfig {
     lease_grace: Option<String>,
     cancel_timeout: Option<String>,
     assign_timeout: Option<String>,
+    log_retention: Option<String>,
     log_format: Option<LogFormat>,
 }
 
@@ -242,6 +246,13 @@ fn resolve(a: &ServeArgs) -> anyhow::Result<Resolved> {
             Some(defaults.assign_timeout),
         )?
         .unwrap_or(defaults.assign_timeout),
+        // Zero keeps logs forever.
+        log_retention: duration(
+            "log_retention",
+            a.log_retention.clone().or(file.log_retention),
+            defaults.log_retention,
+        )?
+        .filter(|d| !d.is_zero()),
     };
     Ok(Resolved {
         listen,
@@ -342,6 +353,10 @@ async fn serve(r: Resolved) -> anyhow::Result<()> {
         public_url = %r.settings.public_url,
         data_dir = %r.data_dir.display(),
         default_worker_host = r.settings.default_worker_host.as_deref().unwrap_or("-"),
+        log_retention = %r
+            .settings
+            .log_retention
+            .map_or_else(|| "forever".to_owned(), |d| humantime::format_duration(d).to_string()),
         version = env!("CARGO_PKG_VERSION"),
         "oz-server listening"
     );

@@ -8,6 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
 
+/// Default of [`ServerSettings::log_retention`]: a week.
+pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Settings the running server needs (resolved from flags, env and file).
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -23,6 +26,9 @@ pub struct ServerSettings {
     pub cancel_timeout: Duration,
     /// How long an assignment may go unanswered before the run is requeued.
     pub assign_timeout: Duration,
+    /// Delete the logs of runs that ended longer ago than this; `None`
+    /// keeps them forever.
+    pub log_retention: Option<Duration>,
 }
 
 impl Default for ServerSettings {
@@ -34,6 +40,7 @@ impl Default for ServerSettings {
             lease_grace: Duration::from_secs(120),
             cancel_timeout: Duration::from_secs(60),
             assign_timeout: Duration::from_secs(60),
+            log_retention: Some(DEFAULT_LOG_RETENTION),
         }
     }
 }

@@ -80,8 +80,16 @@ async fn serve(
                 match frame {
                     Some(Ok(Message::Text(text))) => match WorkerMessage::decode(text.as_str()) {
                         Ok(msg) => {
+                            let is_log = matches!(msg, WorkerMessage::LogLines(_));
                             if let Err(e) = hub.on_frame(&conn_id, &worker_id, msg).await {
                                 tracing::error!(error = %e, "cannot record a worker frame");
+                                // A later ack would also cover the lines that were
+                                // not stored (acks are cumulative): drop the
+                                // connection so the worker sends every unacknowledged
+                                // line again after reconnecting.
+                                if is_log {
+                                    break;
+                                }
                             }
                         }
                         Err(e) => tracing::warn!(worker_id, error = %e, "ignoring a frame from the worker"),

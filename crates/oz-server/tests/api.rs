@@ -2340,3 +2340,824 @@ async fn report_rejects_malformed_artifacts() {
             .is_none_or(|a| a.as_array().is_some_and(Vec::is_empty))
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// Logs (extension `logs`): the paged endpoint on the router, the SSE endpoint on a real socket.
+
+mod sse_support;
+
+mod logs_api {
+    use super::*;
+    use oz_protocol::logs::{LogEnd, LogLines};
+    use oz_server::state::AppState;
+    use oz_store::{LogLine, LogPhase, LogRecord, LogStream};
+    use sse_support::{SseClient, SseEvent};
+
+    const SSE_WAIT: Duration = Duration::from_secs(10);
+
+    fn line(seq: u64, phase: LogPhase, text: &str) -> LogLine {
+        LogLine::new(
+            seq,
+            oz_server::now(),
+            LogStream::Stdout,
+            phase,
+            text.as_bytes(),
+            true,
+        )
+    }
+
+    fn agent_lines(seqs: impl IntoIterator<Item = u64>) -> Vec<LogLine> {
+        seqs.into_iter()
+            .map(|s| line(s, LogPhase::Agent, &format!("line {s}")))
+            .collect()
+    }
+
+    /// Store lines directly (as another process would), without telling anyone.
+    async fn store_lines(env: &Env, run_id: &str, lines: &[LogLine]) {
+        let records: Vec<LogRecord> = lines
+            .iter()
+            .map(|l| LogRecord::from_line(l).unwrap())
+            .collect();
+        env.store.append_logs(run_id, &records).await.unwrap();
+    }
+
+    /// Lines through the hub, as a worker's frame: stored and published.
+    async fn hub_lines(live: &Live, run_id: &str, lines: Vec<LogLine>) -> Option<u64> {
+        live.state
+            .hub
+            .store_log_lines(
+                &live.env.team_id,
+                &LogLines {
+                    task_id: run_id.to_owned(),
+                    execution_id: None,
+                    lines,
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn hub_log_end(live: &Live, run_id: &str, last_seq: u64) {
+        assert!(
+            live.state
+                .hub
+                .store_log_end(
+                    &live.env.team_id,
+                    &LogEnd {
+                        task_id: run_id.to_owned(),
+                        last_seq,
+                    },
+                )
+                .await
+                .unwrap()
+        );
+    }
+
+    /// A run held by a worker: CLAIMED, with an execution id and a live run token.
+    async fn running_run(env: &Env) -> (String, String) {
+        let id = env.create_run(run_body("logs")).await;
+        let token = oz_server::auth::new_secret(oz_server::auth::RUN_TOKEN_PREFIX);
+        let patch = RunPatch {
+            token_hash: Some(Some(oz_server::auth::hash(&token))),
+            execution_id: Some(Some(uuid::Uuid::new_v4().to_string())),
+            ..Default::default()
+        };
+        env.move_run(&id, &[RunState::Queued], RunState::Pending, patch)
+            .await;
+        env.move_run(
+            &id,
+            &[RunState::Pending],
+            RunState::Claimed,
+            RunPatch::default(),
+        )
+        .await;
+        (id, token)
+    }
+
+    /// End a run `ago` in the past.
+    async fn end_run_at(env: &Env, run_id: &str, to: RunState, ago: chrono::Duration) {
+        let patch = RunPatch {
+            token_hash: Some(None),
+            ended_at: Some(Some(oz_store::ts(Utc::now() - ago))),
+            ..Default::default()
+        };
+        env.move_run(
+            run_id,
+            &[RunState::Claimed, RunState::Inprogress],
+            to,
+            patch,
+        )
+        .await;
+    }
+
+    fn seqs(page: &Value) -> Vec<u64> {
+        page["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .map(|l| l["seq"].as_u64().expect("seq"))
+            .collect()
+    }
+
+    fn event_seqs(events: &[SseEvent]) -> Vec<u64> {
+        events.iter().map(SseEvent::seq).collect()
+    }
+
+    async fn logs(env: &Env, run_id: &str, query: &str) -> Value {
+        env.get(
+            &format!("/api/v1/agent/runs/{run_id}/logs{query}"),
+            &env.admin,
+        )
+        .await
+        .expect(StatusCode::OK)
+    }
+
+    // ---- the paged endpoint ----------------------------------------------------------------------
+
+    #[tokio::test]
+    async fn page_through_a_log_with_since_seq_limit_and_phase() {
+        let env = env().await;
+        let (run_id, _) = running_run(&env).await;
+        let empty = logs(&env, &run_id, "").await;
+        assert_eq!(
+            empty,
+            json!({"lines": [], "next_seq": 0, "has_more": false, "complete": false, "state": "CLAIMED"})
+        );
+
+        let mut all = Vec::new();
+        for seq in 1..=10u64 {
+            let phase = match seq {
+                1..=3 => LogPhase::Setup,
+                4..=8 => LogPhase::Agent,
+                _ => LogPhase::Teardown,
+            };
+            all.push(line(seq, phase, &format!("{phase:?} {seq}")));
+        }
+        store_lines(&env, &run_id, &all).await;
+
+        let v = logs(&env, &run_id, "").await;
+        assert_eq!(seqs(&v), (1..=10).collect::<Vec<_>>());
+        assert_eq!(v["next_seq"], 10);
+        assert_eq!(v["has_more"], false);
+        assert_eq!(v["complete"], false, "the run is still running");
+        assert_eq!(v["state"], "CLAIMED");
+        // The lines are the wire lines, field for field.
+        let first: LogLine = serde_json::from_value(v["lines"][0].clone()).unwrap();
+        assert_eq!(first, all[0]);
+
+        // Walk with a small limit: every line once, in order.
+        let mut since = 0;
+        let mut walked = Vec::new();
+        let mut pages = 0;
+        loop {
+            let v = logs(&env, &run_id, &format!("?since_seq={since}&limit=3")).await;
+            pages += 1;
+            walked.extend(seqs(&v));
+            since = v["next_seq"].as_u64().unwrap();
+            if v["has_more"] == false {
+                break;
+            }
+            assert_eq!(seqs(&v).len(), 3);
+        }
+        assert_eq!(walked, (1..=10).collect::<Vec<_>>());
+        assert_eq!(pages, 4);
+        assert_eq!(since, 10);
+
+        // Phase filter, alone and with paging.
+        let v = logs(&env, &run_id, "?phase=agent").await;
+        assert_eq!(seqs(&v), vec![4, 5, 6, 7, 8]);
+        let v = logs(&env, &run_id, "?phase=agent&since_seq=5&limit=2").await;
+        assert_eq!(seqs(&v), vec![6, 7]);
+        assert_eq!(v["next_seq"], 7);
+        assert_eq!(v["has_more"], true);
+        let v = logs(&env, &run_id, "?phase=setup&since_seq=3").await;
+        assert_eq!(seqs(&v), Vec::<u64>::new());
+        assert_eq!(v["next_seq"], 3, "without lines, next_seq stays");
+        assert_eq!(v["has_more"], false);
+        let v = logs(&env, &run_id, "?phase=teardown").await;
+        assert_eq!(seqs(&v), vec![9, 10]);
+        let v = logs(&env, &run_id, "?since_seq=99").await;
+        assert_eq!((seqs(&v), v["next_seq"].clone()), (vec![], json!(99)));
+        // Unknown parameters are ignored; the largest limit is accepted.
+        let v = logs(&env, &run_id, "?limit=5000&foo=bar").await;
+        assert_eq!(seqs(&v).len(), 10);
+    }
+
+    #[tokio::test]
+    async fn bad_log_parameters_are_400_problems() {
+        let env = env().await;
+        let (run_id, _) = running_run(&env).await;
+        for query in [
+            "limit=0",
+            "limit=5001",
+            "limit=ten",
+            "limit=-1",
+            "since_seq=-1",
+            "since_seq=x",
+            "since_seq=",
+            "phase=build",
+            "phase=",
+            "phase=AGENT",
+        ] {
+            let path = format!("/api/v1/agent/runs/{run_id}/logs?{query}");
+            let r = env.get(&path, &env.admin).await;
+            let v = assert_problem(&r, StatusCode::BAD_REQUEST);
+            assert!(
+                v["type"].as_str().unwrap().ends_with("invalid_request"),
+                "{query}: {v}"
+            );
+            // The same checks on the stream endpoint (answered before streaming).
+            let path = format!("/api/v1/agent/runs/{run_id}/logs/stream?{query}");
+            if !query.starts_with("limit") {
+                assert_problem(&env.get(&path, &env.admin).await, StatusCode::BAD_REQUEST);
+            }
+        }
+        let mut req = Request::builder()
+            .uri(format!("/api/v1/agent/runs/{run_id}/logs/stream"))
+            .header(header::AUTHORIZATION, format!("Bearer {}", env.admin))
+            .header("last-event-id", "seven");
+        req = req.header(header::ACCEPT, "text/event-stream");
+        let r = env.request(req.body(Body::empty()).unwrap()).await;
+        assert_problem(&r, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn log_endpoints_check_who_asks() {
+        let env = env().await;
+        let (run_id, token) = running_run(&env).await;
+        let (other_id, other_token) = running_run(&env).await;
+        store_lines(&env, &run_id, &agent_lines(1..=2)).await;
+        let page = format!("/api/v1/agent/runs/{run_id}/logs");
+        let stream = format!("/api/v1/agent/runs/{run_id}/logs/stream");
+
+        for path in [&page, &stream] {
+            let r = env.send(Method::GET, path, None, None).await;
+            assert_problem_at(&r, StatusCode::UNAUTHORIZED, path);
+            let r = env.get(path, "ozk_not_a_key").await;
+            assert_problem(&r, StatusCode::UNAUTHORIZED);
+            let worker = env.key(KeyKind::Worker).await;
+            assert_problem(&env.get(path, &worker).await, StatusCode::FORBIDDEN);
+            let (_, other_team) = env.other_team().await;
+            assert_problem(&env.get(path, &other_team).await, StatusCode::NOT_FOUND);
+            // Another run's token sees nothing of this run.
+            assert_problem(&env.get(path, &other_token).await, StatusCode::NOT_FOUND);
+        }
+        for path in [
+            "/api/v1/agent/runs/no-such-run/logs",
+            "/api/v1/agent/runs/no-such-run/logs/stream",
+        ] {
+            assert_problem(&env.get(path, &env.admin).await, StatusCode::NOT_FOUND);
+        }
+
+        // A team key and the run's own token read the log.
+        let team = env.key(KeyKind::Team).await;
+        let v = env.get(&page, &team).await.expect(StatusCode::OK);
+        assert_eq!(seqs(&v), vec![1, 2]);
+        let v = env.get(&page, &token).await.expect(StatusCode::OK);
+        assert_eq!(seqs(&v), vec![1, 2]);
+        let v = env
+            .get(&format!("/api/v1/agent/runs/{other_id}/logs"), &other_token)
+            .await
+            .expect(StatusCode::OK);
+        assert_eq!(seqs(&v), Vec::<u64>::new());
+
+        // The token dies with the run; the team key still reads.
+        env.finish_run(&run_id, RunState::Succeeded).await;
+        assert_problem(&env.get(&page, &token).await, StatusCode::UNAUTHORIZED);
+        let v = env.get(&page, &env.admin).await.expect(StatusCode::OK);
+        assert_eq!(seqs(&v), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn complete_means_ended_with_every_line_stored() {
+        let env = env().await;
+
+        // log_end names seq 3; the run ends with only 1 and 2 stored.
+        let (run_id, _) = running_run(&env).await;
+        store_lines(&env, &run_id, &agent_lines(1..=2)).await;
+        env.store.set_log_end(&run_id, 3).await.unwrap();
+        assert_eq!(logs(&env, &run_id, "").await["complete"], false);
+        env.finish_run(&run_id, RunState::Succeeded).await;
+        let v = logs(&env, &run_id, "").await;
+        assert_eq!(
+            (v["complete"].clone(), v["state"].clone()),
+            (json!(false), json!("SUCCEEDED"))
+        );
+        store_lines(&env, &run_id, &agent_lines(3..=3)).await;
+        let v = logs(&env, &run_id, "").await;
+        assert_eq!(v["complete"], true, "{v}");
+        assert_eq!(seqs(&v), vec![1, 2, 3]);
+        // A page of a complete log still says whether more follows.
+        let v = logs(&env, &run_id, "?limit=2").await;
+        assert_eq!(
+            (v["complete"].clone(), v["has_more"].clone()),
+            (json!(true), json!(true))
+        );
+
+        // log_end with last_seq 0: nothing was written.
+        let (silent, _) = running_run(&env).await;
+        env.store.set_log_end(&silent, 0).await.unwrap();
+        env.finish_run(&silent, RunState::Failed).await;
+        assert_eq!(logs(&env, &silent, "").await["complete"], true);
+
+        // Without log_end: complete 10 s after the run ended.
+        let (no_end, _) = running_run(&env).await;
+        store_lines(&env, &no_end, &agent_lines(1..=2)).await;
+        end_run_at(&env, &no_end, RunState::Error, chrono::Duration::seconds(2)).await;
+        assert_eq!(logs(&env, &no_end, "").await["complete"], false);
+        let (old, _) = running_run(&env).await;
+        end_run_at(&env, &old, RunState::Error, chrono::Duration::seconds(11)).await;
+        assert_eq!(logs(&env, &old, "").await["complete"], true);
+
+        // A run that never reached a worker is complete as soon as it ends.
+        let queued = env.create_run(run_body("never ran")).await;
+        assert_eq!(logs(&env, &queued, "").await["complete"], false);
+        env.post_empty(&format!("/api/v1/agent/runs/{queued}/cancel"), &env.admin)
+            .await
+            .expect(StatusCode::OK);
+        let v = logs(&env, &queued, "").await;
+        assert_eq!(v["complete"], true, "{v}");
+        assert_eq!(v["state"], "CANCELLED");
+    }
+
+    #[tokio::test]
+    async fn binary_lines_come_back_byte_for_byte() {
+        let env = env().await;
+        let (run_id, _) = running_run(&env).await;
+        let bytes = [b'x', 0xff, 0xfe, 0x00, 0xc3, 0x28];
+        let lines = vec![
+            LogLine::new(
+                1,
+                oz_server::now(),
+                LogStream::Stderr,
+                LogPhase::Agent,
+                &bytes,
+                false,
+            ),
+            LogLine::gap(2, oz_server::now(), LogStream::Stdout, LogPhase::Agent, 777),
+            LogLine::new(
+                3,
+                oz_server::now(),
+                LogStream::Stdout,
+                LogPhase::Agent,
+                "é\r".as_bytes(),
+                true,
+            ),
+        ];
+        store_lines(&env, &run_id, &lines).await;
+        let v = logs(&env, &run_id, "").await;
+        let back: Vec<LogLine> = serde_json::from_value(v["lines"].clone()).unwrap();
+        assert_eq!(back, lines);
+        assert_eq!(back[0].bytes(), bytes);
+        assert!(v["lines"][0]["text"].is_null() && v["lines"][0]["data_b64"].is_string());
+        assert_eq!(v["lines"][1]["gap_bytes"], 777);
+        assert_eq!(v["lines"][2]["text"], "é\r");
+    }
+
+    // ---- the SSE endpoint on a real socket ------------------------------------------------------
+
+    /// A server on 127.0.0.1:0 (in-process `oz_server::serve`) plus the same
+    /// state's router for REST calls.
+    struct Live {
+        env: Env,
+        state: AppState,
+        addr: String,
+        stop: CancellationToken,
+        server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    async fn live_with(settings: ServerSettings) -> Live {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("oz.db"))
+                .await
+                .expect("open store"),
+        );
+        let (admin, _) = oz_server::keys::bootstrap(store.as_ref(), dir.path())
+            .await
+            .expect("bootstrap")
+            .expect("fresh store");
+        let team_id = store.first_team().await.unwrap().unwrap().id;
+        let stop = CancellationToken::new();
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let state = oz_server::state(dyn_store, settings, stop.clone())
+            .await
+            .expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(oz_server::serve(listener, state.clone()));
+        Live {
+            env: Env {
+                dir,
+                store,
+                app: oz_server::router(state.clone()),
+                admin,
+                team_id,
+            },
+            state,
+            addr,
+            stop,
+            server,
+        }
+    }
+
+    async fn live() -> Live {
+        live_with(settings(Some(DEFAULT_HOST))).await
+    }
+
+    impl Live {
+        async fn sse(&self, run_id: &str, query: &str, headers: &[(&str, &str)]) -> SseClient {
+            self.sse_as(&self.env.admin, run_id, query, headers).await
+        }
+
+        async fn sse_as(
+            &self,
+            key: &str,
+            run_id: &str,
+            query: &str,
+            headers: &[(&str, &str)],
+        ) -> SseClient {
+            let c = SseClient::connect(
+                &self.addr,
+                &format!("/api/v1/agent/runs/{run_id}/logs/stream{query}"),
+                Some(key),
+                headers,
+            )
+            .await;
+            assert_eq!(c.status, 200, "stream refused");
+            assert_eq!(c.header("content-type"), Some("text/event-stream"));
+            c
+        }
+
+        async fn wait_no_listeners(&self) {
+            for _ in 0..500 {
+                if self.state.hub.log_bus().listened_runs() == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!(
+                "{} log channel(s) left after every reader went away",
+                self.state.hub.log_bus().listened_runs()
+            );
+        }
+    }
+
+    async fn next_seqs(c: &mut SseClient, n: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let ev = c.next(SSE_WAIT).await.expect("stream still open");
+            out.push(ev.seq());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stream_sends_backlog_then_live_lines_then_end_each_once() {
+        let live = live().await;
+        let env = &live.env;
+        let (run_id, _) = running_run(env).await;
+        store_lines(env, &run_id, &agent_lines(1..=3)).await;
+
+        let mut c = live.sse(&run_id, "", &[]).await;
+        assert_eq!(next_seqs(&mut c, 3).await, vec![1, 2, 3], "the backlog");
+
+        // Live, through the hub.
+        assert_eq!(hub_lines(&live, &run_id, agent_lines(4..=6)).await, Some(6));
+        assert_eq!(next_seqs(&mut c, 3).await, vec![4, 5, 6]);
+        // A repeated frame adds nothing.
+        assert_eq!(hub_lines(&live, &run_id, agent_lines(2..=6)).await, Some(6));
+        // Written to the store behind the hub's back: found by the poll.
+        store_lines(env, &run_id, &agent_lines(7..=8)).await;
+        assert_eq!(next_seqs(&mut c, 2).await, vec![7, 8]);
+        // A hole in the live lines: 9 only in the store, 10-11 through the hub.
+        store_lines(env, &run_id, &agent_lines(9..=9)).await;
+        hub_lines(&live, &run_id, agent_lines(10..=11)).await;
+        assert_eq!(next_seqs(&mut c, 3).await, vec![9, 10, 11]);
+
+        // The end: log_end, then the run ends.
+        hub_log_end(&live, &run_id, 11).await;
+        env.finish_run(&run_id, RunState::Succeeded).await;
+        live.state.hub.notify_log_readers(&run_id);
+        let (more, end) = c.until_end(SSE_WAIT).await;
+        assert_eq!(event_seqs(&more), Vec::<u64>::new(), "no line twice");
+        let end = end.expect("an end event");
+        assert_eq!(end.json()["state"], "SUCCEEDED");
+        assert!(end.json().get("status_message").is_some(), "{end:?}");
+        assert_eq!(end.id, None);
+        assert!(
+            c.next(SSE_WAIT).await.is_none(),
+            "the stream closes after end"
+        );
+        live.wait_no_listeners().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stream_resumes_after_last_event_id() {
+        let live = live().await;
+        let env = &live.env;
+        let (run_id, _) = running_run(env).await;
+        let mut lines = agent_lines(1..=5);
+        lines[1].phase = LogPhase::Setup;
+        store_lines(env, &run_id, &lines).await;
+        env.store.set_log_end(&run_id, 5).await.unwrap();
+        env.finish_run(&run_id, RunState::Failed).await;
+
+        let mut c = live.sse(&run_id, "", &[("Last-Event-ID", "3")]).await;
+        let (got, end) = c.until_end(SSE_WAIT).await;
+        assert_eq!(event_seqs(&got), vec![4, 5]);
+        assert_eq!(end.expect("end").json()["state"], "FAILED");
+
+        let mut c = live.sse(&run_id, "?since_seq=1", &[]).await;
+        let (got, end) = c.until_end(SSE_WAIT).await;
+        assert_eq!(event_seqs(&got), vec![2, 3, 4, 5]);
+        assert!(end.is_some());
+
+        // The header wins over the query (a reconnecting EventSource keeps its URL).
+        let mut c = live
+            .sse(&run_id, "?since_seq=1", &[("Last-Event-ID", "4")])
+            .await;
+        let (got, _) = c.until_end(SSE_WAIT).await;
+        assert_eq!(event_seqs(&got), vec![5]);
+
+        // Phase filter; an empty Last-Event-ID means from the start.
+        let mut c = live
+            .sse(&run_id, "?phase=agent", &[("Last-Event-ID", "")])
+            .await;
+        let (got, end) = c.until_end(SSE_WAIT).await;
+        assert_eq!(event_seqs(&got), vec![1, 3, 4, 5]);
+        assert!(end.is_some());
+
+        // Already at the end: just the end.
+        let mut c = live.sse(&run_id, "", &[("Last-Event-ID", "5")]).await;
+        let (got, end) = c.until_end(SSE_WAIT).await;
+        assert!(got.is_empty() && end.is_some());
+        live.wait_no_listeners().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stream_loses_nothing_while_lines_arrive_during_the_connect() {
+        let live = Arc::new(live().await);
+        let (run_id, token) = running_run(&live.env).await;
+        const TOTAL: u64 = 400;
+        let writer = {
+            let live = live.clone();
+            let run_id = run_id.clone();
+            tokio::spawn(async move {
+                let mut seq = 1;
+                while seq <= TOTAL {
+                    let end = (seq + 6).min(TOTAL);
+                    // Every third frame is stored behind the hub's back.
+                    if seq % 3 == 0 {
+                        store_lines(&live.env, &run_id, &agent_lines(seq..=end)).await;
+                    } else {
+                        hub_lines(&live, &run_id, agent_lines(seq..=end)).await;
+                    }
+                    seq = end + 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                hub_log_end(&live, &run_id, TOTAL).await;
+            })
+        };
+        // Readers join at different moments, one with the run token.
+        let mut readers = Vec::new();
+        for i in 0..4u64 {
+            tokio::time::sleep(Duration::from_millis(15 * i)).await;
+            let key = if i == 1 {
+                token.clone()
+            } else {
+                live.env.admin.clone()
+            };
+            readers.push(live.sse_as(&key, &run_id, "", &[]).await);
+        }
+        writer.await.unwrap();
+        live.env.finish_run(&run_id, RunState::Succeeded).await;
+        for mut c in readers {
+            let (got, end) = c.until_end(Duration::from_secs(30)).await;
+            assert_eq!(
+                event_seqs(&got),
+                (1..=TOTAL).collect::<Vec<_>>(),
+                "every line exactly once, in order"
+            );
+            assert_eq!(end.expect("end").json()["state"], "SUCCEEDED");
+        }
+        live.wait_no_listeners().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stream_of_a_run_without_log_end_ends_after_the_grace() {
+        let live = live().await;
+        let env = &live.env;
+        let (run_id, _) = running_run(env).await;
+        store_lines(env, &run_id, &agent_lines(1..=2)).await;
+        let mut c = live.sse(&run_id, "", &[]).await;
+        assert_eq!(next_seqs(&mut c, 2).await, vec![1, 2]);
+        // Ended 9 s ago without log_end: the end comes about a second later.
+        end_run_at(env, &run_id, RunState::Error, chrono::Duration::seconds(9)).await;
+        let (got, end) = c.until_end(Duration::from_secs(15)).await;
+        assert!(got.is_empty());
+        assert_eq!(end.expect("end").json()["state"], "ERROR");
+
+        // A queued run cancelled before it reached a worker ends at once.
+        let queued = env.create_run(run_body("never ran")).await;
+        let mut c = live.sse(&queued, "", &[]).await;
+        env.post_empty(&format!("/api/v1/agent/runs/{queued}/cancel"), &env.admin)
+            .await
+            .expect(StatusCode::OK);
+        let (got, end) = c.until_end(SSE_WAIT).await;
+        assert!(got.is_empty());
+        let end = end.expect("end").json();
+        assert_eq!(end["state"], "CANCELLED");
+        assert_eq!(
+            end["status_message"]["message"],
+            "cancelled before a worker picked it up"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn streams_end_when_the_server_shuts_down() {
+        let live = live().await;
+        let (run_id, _) = running_run(&live.env).await;
+        store_lines(&live.env, &run_id, &agent_lines(1..=1)).await;
+        let mut a = live.sse(&run_id, "", &[]).await;
+        let mut b = live.sse(&run_id, "?phase=setup", &[]).await;
+        assert_eq!(next_seqs(&mut a, 1).await, vec![1]);
+        live.stop.cancel();
+        assert!(a.next(SSE_WAIT).await.is_none(), "stream a closed");
+        assert!(b.next(SSE_WAIT).await.is_none(), "stream b closed");
+        let Live { server, .. } = live;
+        tokio::time::timeout(SSE_WAIT, server)
+            .await
+            .expect("serve returned despite open streams")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stream_answers_with_sse_headers_and_keeps_channels_tidy() {
+        let live = live().await;
+        let (run_id, _) = running_run(&live.env).await;
+        let c = live.sse(&run_id, "", &[]).await;
+        assert_eq!(c.header("cache-control"), Some("no-cache"));
+        assert_eq!(live.state.hub.log_bus().listened_runs(), 1);
+        let c2 = live.sse(&run_id, "", &[]).await;
+        assert_eq!(live.state.hub.log_bus().listened_runs(), 1);
+        drop(c);
+        drop(c2);
+        // Nothing is published to the run any more: the channel goes with its readers.
+        live.wait_no_listeners().await;
+        // Publishing to a run nobody follows creates nothing.
+        hub_lines(&live, &run_id, agent_lines(1..=1)).await;
+        assert_eq!(live.state.hub.log_bus().listened_runs(), 0);
+        // A refusal before the stream starts is a problem, not a stream.
+        let c = SseClient::connect(
+            &live.addr,
+            &format!("/api/v1/agent/runs/{run_id}/logs/stream?phase=nope"),
+            Some(&live.env.admin),
+            &[],
+        )
+        .await;
+        assert_eq!(c.status, 400);
+        assert_eq!(c.header("content-type"), Some("application/problem+json"));
+        let body: Value = serde_json::from_str(&c.body().await).unwrap();
+        assert!(body["detail"].as_str().unwrap().contains("phase"), "{body}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn hub_drops_log_frames_of_unknown_and_foreign_runs() {
+        let live = live().await;
+        let (run_id, _) = running_run(&live.env).await;
+        let (other_team, _) = live.env.other_team().await;
+        let frame = |task_id: &str, lines| LogLines {
+            task_id: task_id.to_owned(),
+            execution_id: None,
+            lines,
+        };
+        let hub = &live.state.hub;
+        // Another team's connection cannot write into this run.
+        assert_eq!(
+            hub.store_log_lines(&other_team, &frame(&run_id, agent_lines(1..=2)))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            hub.store_log_lines(&live.env.team_id, &frame("nope", agent_lines(1..=2)))
+                .await
+                .unwrap(),
+            None
+        );
+        let end = LogEnd {
+            task_id: run_id.clone(),
+            last_seq: 2,
+        };
+        assert!(!hub.store_log_end(&other_team, &end).await.unwrap());
+        assert_eq!(live.env.store.max_log_seq(&run_id).await.unwrap(), None);
+        assert_eq!(
+            live.env
+                .store
+                .get_run(&run_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .log_last_seq,
+            None
+        );
+        // Invalid seqs are dropped, the rest stored; the ack covers what was stored.
+        let mut lines = agent_lines([0, 1, 2]);
+        lines.push(line(u64::MAX, LogPhase::Agent, "too far"));
+        assert_eq!(
+            hub.store_log_lines(&live.env.team_id, &frame(&run_id, lines))
+                .await
+                .unwrap(),
+            Some(2)
+        );
+        assert_eq!(
+            hub.store_log_lines(&live.env.team_id, &frame(&run_id, agent_lines([0])))
+                .await
+                .unwrap(),
+            None
+        );
+        // An undecodable data_b64 is kept as a gap, so its seq is accounted for.
+        let mut bad = line(3, LogPhase::Agent, "");
+        bad.text = None;
+        bad.data_b64 = Some("%%%%".into());
+        assert_eq!(
+            hub.store_log_lines(&live.env.team_id, &frame(&run_id, vec![bad]))
+                .await
+                .unwrap(),
+            Some(3)
+        );
+        let v = logs(&live.env, &run_id, "").await;
+        assert_eq!(seqs(&v), vec![1, 2, 3]);
+        assert_eq!(v["lines"][2]["gap_bytes"], 3);
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_old_logs_at_start_and_keeps_recent_ones() {
+        // Prepare a database with an old run, a recent one and a live one.
+        let env = env().await;
+        let (old, _) = running_run(&env).await;
+        let (recent, _) = running_run(&env).await;
+        let (running, _) = running_run(&env).await;
+        for r in [&old, &recent, &running] {
+            store_lines(&env, r, &agent_lines(1..=3)).await;
+        }
+        end_run_at(&env, &old, RunState::Succeeded, chrono::Duration::days(3)).await;
+        end_run_at(
+            &env,
+            &recent,
+            RunState::Succeeded,
+            chrono::Duration::hours(1),
+        )
+        .await;
+
+        // A retention longer than time goes deletes nothing.
+        let store: Arc<dyn Store> = env.store.clone();
+        assert_eq!(
+            oz_server::logs::prune(store.as_ref(), Duration::MAX)
+                .await
+                .unwrap(),
+            0
+        );
+
+        // A server with a 2-day retention prunes once at start.
+        let stop = CancellationToken::new();
+        let state = oz_server::state(
+            store.clone(),
+            ServerSettings {
+                log_retention: Some(Duration::from_secs(2 * 24 * 3600)),
+                ..settings(Some(DEFAULT_HOST))
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = tokio::spawn(oz_server::serve(listener, state));
+        let mut gone = false;
+        for _ in 0..500 {
+            if env.store.max_log_seq(&old).await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone, "the old run's log was not deleted at start");
+        assert_eq!(env.store.max_log_seq(&recent).await.unwrap(), Some(3));
+        assert_eq!(env.store.max_log_seq(&running).await.unwrap(), Some(3));
+        let v = logs(&env, &old, "").await;
+        assert_eq!((seqs(&v), v["complete"].clone()), (vec![], json!(true)));
+        stop.cancel();
+        server.await.unwrap().unwrap();
+
+        // A shorter retention takes the recent one too, never a live run's.
+        assert_eq!(
+            oz_server::logs::prune(store.as_ref(), Duration::from_secs(60))
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(env.store.max_log_seq(&running).await.unwrap(), Some(3));
+    }
+}

@@ -19,7 +19,10 @@ pub use oz_protocol::api::{RunState, StatusMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod logs;
 mod sqlite;
+pub use logs::{InvalidLogLine, LogQuery, LogRecord};
+pub use oz_protocol::logs::{LogLine, LogPhase, LogStream};
 pub use sqlite::SqliteStore;
 
 /// Timestamps are stored as fixed-width RFC 3339 UTC strings with
@@ -50,6 +53,8 @@ pub enum StoreError {
     Corrupt { what: &'static str, message: String },
     #[error("{0} already exists")]
     Conflict(String),
+    #[error("invalid input: {0}")]
+    Invalid(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -155,6 +160,9 @@ pub struct Run {
     /// SHA-256 (hex) of the run-scoped token; cleared when the run ends.
     pub token_hash: Option<String>,
     pub artifacts: Vec<Value>,
+    /// Seq of the last log line, from the worker's `log_end`; `None` until
+    /// then (and for workers without the `logs` extension).
+    pub log_last_seq: Option<u64>,
 }
 
 /// Fields of a new run; it starts QUEUED.
@@ -316,4 +324,23 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Run>>;
     /// Append an artifact to a run.
     async fn add_artifact(&self, run_id: &str, artifact: Value, now: &str) -> Result<Option<Run>>;
+
+    // Logs (extension `logs`).
+    /// Store lines of a run in one transaction; a `(run_id, seq)` already
+    /// stored is left as it is. Returns how many rows were new. Every seq
+    /// must be from 1 to `i64::MAX` (else [`StoreError::Invalid`], nothing
+    /// stored); the run must exist.
+    async fn append_logs(&self, run_id: &str, lines: &[LogRecord]) -> Result<u64>;
+    /// Lines after `q.after_seq`, in seq order, at most `q.limit`.
+    async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogRecord>>;
+    /// The highest stored seq of a run, `None` without lines.
+    async fn max_log_seq(&self, run_id: &str) -> Result<Option<u64>>;
+    /// How many lines with a seq up to `seq` (inclusive) are stored.
+    async fn count_logs_up_to(&self, run_id: &str, seq: u64) -> Result<u64>;
+    /// Record the seq of the run's last line. Returns false when the run
+    /// does not exist.
+    async fn set_log_end(&self, run_id: &str, last_seq: u64) -> Result<bool>;
+    /// Delete the lines of every run that ended before `ts` (a stored
+    /// timestamp). Returns how many lines were deleted.
+    async fn delete_logs_ended_before(&self, ts: &str) -> Result<u64>;
 }

@@ -36,8 +36,9 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::{
-    ApiKey, KeyKind, NewApiKey, NewRun, Result, Run, RunPatch, RunQuery, RunState, SortBy,
-    SortOrder, StatusMessage, Store, StoreError, Team, agent_cursor_skill,
+    ApiKey, KeyKind, LogPhase, LogQuery, LogRecord, LogStream, NewApiKey, NewRun, Result, Run,
+    RunPatch, RunQuery, RunState, SortBy, SortOrder, StatusMessage, Store, StoreError, Team,
+    agent_cursor_skill,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -51,7 +52,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const RUN_COLUMNS: &str = "run_id, team_id, state, prompt, title, config, metadata, source, mode, \
      worker_host, name, model_id, environment_id, skill_spec, schedule_id, created_at, \
      updated_at, started_at, ended_at, status_message, execution_id, holder, assigned_at, \
-     cancel_requested_at, token_hash, artifacts";
+     cancel_requested_at, token_hash, artifacts, log_last_seq";
 
 const KEY_COLUMNS: &str = "id, team_id, name, kind, prefix, created_at, last_used_at, revoked_at";
 
@@ -293,6 +294,10 @@ fn run_from_row(row: &SqliteRow) -> Result<Run> {
         .map_err(|e| corrupt("run status message", e))?;
     let artifacts =
         serde_json::from_str(&get("artifacts")?).map_err(|e| corrupt("run artifacts", e))?;
+    let log_last_seq: Option<i64> = row.try_get("log_last_seq").map_err(db(op))?;
+    let log_last_seq = log_last_seq
+        .map(|n| u64::try_from(n).map_err(|_| corrupt("run log_last_seq", format!("{n} < 0"))))
+        .transpose()?;
 
     Ok(Run {
         run_id: get("run_id")?,
@@ -321,11 +326,52 @@ fn run_from_row(row: &SqliteRow) -> Result<Run> {
         cancel_requested_at: opt("cancel_requested_at")?,
         token_hash: opt("token_hash")?,
         artifacts,
+        log_last_seq,
     })
 }
 
 fn runs_from_rows(rows: &[SqliteRow]) -> Result<Vec<Run>> {
     rows.iter().map(run_from_row).collect()
+}
+
+const LOG_COLUMNS: &str = "seq, ts, stream, phase, data, is_text, newline, gap_bytes";
+
+/// A seq as stored: from 1 to `i64::MAX`.
+fn seq_to_db(seq: u64) -> Result<i64> {
+    i64::try_from(seq).ok().filter(|n| *n > 0).ok_or_else(|| {
+        StoreError::Invalid(format!("log seq {seq} is not between 1 and {}", i64::MAX))
+    })
+}
+
+/// A bound of a seq range, clamped to what can be stored.
+fn seq_bound(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn u64_from_db(what: &'static str, n: i64) -> Result<u64> {
+    u64::try_from(n).map_err(|_| corrupt(what, format!("negative value {n}")))
+}
+
+fn log_from_row(row: &SqliteRow) -> Result<LogRecord> {
+    let op = "decode log line";
+    let stream: String = row.try_get("stream").map_err(db(op))?;
+    let phase: String = row.try_get("phase").map_err(db(op))?;
+    let gap: Option<i64> = row.try_get("gap_bytes").map_err(db(op))?;
+    Ok(LogRecord {
+        seq: u64_from_db("log seq", row.try_get("seq").map_err(db(op))?)?,
+        ts: row.try_get("ts").map_err(db(op))?,
+        stream: match stream.as_str() {
+            "stdout" => LogStream::Stdout,
+            "stderr" => LogStream::Stderr,
+            other => return Err(corrupt("log stream", format!("unknown stream {other:?}"))),
+        },
+        phase: LogPhase::parse(&phase)
+            .ok_or_else(|| corrupt("log phase", format!("unknown phase {phase:?}")))?,
+        data: row.try_get("data").map_err(db(op))?,
+        is_text: row.try_get("is_text").map_err(db(op))?,
+        newline: row.try_get("newline").map_err(db(op))?,
+        gap_bytes: gap.map(|n| u64_from_db("log gap_bytes", n)).transpose()?,
+    })
 }
 
 /// A bound value of a dynamically built statement.
@@ -842,5 +888,133 @@ impl Store for SqliteStore {
             .await
             .map_err(db("add artifact"))?;
         rows.first().map(run_from_row).transpose()
+    }
+
+    async fn append_logs(&self, run_id: &str, lines: &[LogRecord]) -> Result<u64> {
+        if lines.is_empty() {
+            return Ok(0);
+        }
+        // Check everything before writing anything.
+        let mut rows = Vec::with_capacity(lines.len());
+        for l in lines {
+            let gap = l
+                .gap_bytes
+                .map(|g| {
+                    i64::try_from(g)
+                        .map_err(|_| StoreError::Invalid(format!("gap_bytes {g} is too large")))
+                })
+                .transpose()?;
+            rows.push((l, seq_to_db(l.seq)?, gap));
+        }
+        let op = "append logs";
+        // IMMEDIATE: take the write lock up front (waiting on busy_timeout)
+        // rather than failing to upgrade a read lock half way.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db(op))?;
+        let mut inserted = 0;
+        for (l, seq, gap) in rows {
+            let done = sqlx::query(
+                "INSERT OR IGNORE INTO run_logs \
+                 (run_id, seq, ts, stream, phase, data, is_text, newline, gap_bytes) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(run_id.to_owned())
+            .bind(seq)
+            .bind(l.ts.clone())
+            .bind(l.stream.as_str())
+            .bind(l.phase.as_str())
+            .bind(l.data.clone())
+            .bind(l.is_text)
+            .bind(l.newline)
+            .bind(gap)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(op))?;
+            inserted += done.rows_affected();
+        }
+        tx.commit().await.map_err(db(op))?;
+        Ok(inserted)
+    }
+
+    async fn read_logs(&self, q: &LogQuery) -> Result<Vec<LogRecord>> {
+        let Ok(after) = i64::try_from(q.after_seq) else {
+            return Ok(Vec::new());
+        };
+        let mut sql = Sql::new(format!(
+            "SELECT {LOG_COLUMNS} FROM run_logs WHERE run_id = "
+        ));
+        let p = sql.arg(q.run_id.clone());
+        let a = sql.int_arg(after);
+        sql.push(&format!("{p} AND seq > {a}"));
+        if let Some(phase) = q.phase {
+            let p = sql.arg(phase.as_str().to_owned());
+            sql.push(&format!(" AND phase = {p}"));
+        }
+        let l = sql.int_arg(i64::from(q.limit));
+        sql.push(&format!(" ORDER BY seq LIMIT {l}"));
+        let rows = sql.fetch_all(&self.pool, "read logs").await?;
+        rows.iter().map(log_from_row).collect()
+    }
+
+    async fn max_log_seq(&self, run_id: &str) -> Result<Option<u64>> {
+        let max: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM run_logs WHERE run_id = $1")
+                .bind(run_id.to_owned())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("max log seq"))?;
+        max.map(|n| u64_from_db("log seq", n)).transpose()
+    }
+
+    async fn count_logs_up_to(&self, run_id: &str, seq: u64) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM run_logs WHERE run_id = $1 AND seq <= $2")
+                .bind(run_id.to_owned())
+                .bind(seq_bound(seq))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("count logs"))?;
+        u64_from_db("log count", n)
+    }
+
+    async fn set_log_end(&self, run_id: &str, last_seq: u64) -> Result<bool> {
+        let last = i64::try_from(last_seq)
+            .map_err(|_| StoreError::Invalid(format!("log last_seq {last_seq} is too large")))?;
+        let done = sqlx::query("UPDATE runs SET log_last_seq = $1 WHERE run_id = $2")
+            .bind(last)
+            .bind(run_id.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(db("set log end"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_logs_ended_before(&self, ts: &str) -> Result<u64> {
+        let mut sql =
+            Sql::new("SELECT run_id FROM runs WHERE ended_at IS NOT NULL AND ended_at < ");
+        let p = sql.arg(ts.to_owned());
+        let states = sql.states_in(&terminal_states());
+        sql.push(&format!(
+            "{p} AND state {states} \
+             AND EXISTS (SELECT 1 FROM run_logs AS l WHERE l.run_id = runs.run_id)"
+        ));
+        let rows = sql.fetch_all(&self.pool, "find runs with old logs").await?;
+        let mut deleted = 0;
+        // One run per statement, so that no single write holds the lock long.
+        for row in rows {
+            let run_id: String = row
+                .try_get("run_id")
+                .map_err(db("find runs with old logs"))?;
+            let done = sqlx::query("DELETE FROM run_logs WHERE run_id = $1")
+                .bind(run_id)
+                .execute(&self.pool)
+                .await
+                .map_err(db("delete logs"))?;
+            deleted += done.rows_affected();
+        }
+        Ok(deleted)
     }
 }

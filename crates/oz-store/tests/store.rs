@@ -210,6 +210,7 @@ mod story {
             cancel_requested_at: None,
             token_hash: Some("token-r1".to_owned()),
             artifacts: vec![],
+            log_last_seq: None,
         };
         assert_eq!(run, expected);
         assert_eq!(s.get_run("r1").await.unwrap(), Some(expected.clone()));
@@ -1075,4 +1076,315 @@ async fn corrupt_json_is_reported() {
     );
     let err = store.list_runs(&query("t")).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Logs (extension `logs`): stories over `Arc<dyn Store>`, instantiated for both SQLite flavours.
+
+mod log_story {
+    use super::*;
+    use oz_store::{LogLine, LogPhase, LogQuery, LogRecord, LogStream};
+
+    fn text(seq: u64, phase: LogPhase, s: &str) -> LogRecord {
+        LogRecord::from_line(&LogLine::new(
+            seq,
+            at((seq % 100_000) as i64),
+            LogStream::Stdout,
+            phase,
+            s.as_bytes(),
+            true,
+        ))
+        .unwrap()
+    }
+
+    fn lines(range: std::ops::RangeInclusive<u64>) -> Vec<LogRecord> {
+        range
+            .map(|seq| text(seq, LogPhase::Agent, &format!("line {seq}")))
+            .collect()
+    }
+
+    fn seqs(records: &[LogRecord]) -> Vec<u64> {
+        records.iter().map(|r| r.seq).collect()
+    }
+
+    fn all(run_id: &str) -> LogQuery {
+        LogQuery {
+            run_id: run_id.to_owned(),
+            after_seq: 0,
+            limit: 10_000,
+            phase: None,
+        }
+    }
+
+    async fn setup(s: &Arc<dyn Store>, runs: &[&str]) {
+        s.create_team("t", "T", &at(0)).await.unwrap();
+        for (i, r) in runs.iter().enumerate() {
+            s.insert_run(new_run(r, "t", &at(i as i64 + 1)))
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn append_and_read_exactly_once(s: Arc<dyn Store>) {
+        setup(&s, &["r", "other"]).await;
+        assert_eq!(s.max_log_seq("r").await.unwrap(), None);
+        assert_eq!(s.read_logs(&all("r")).await.unwrap(), vec![]);
+        assert_eq!(s.append_logs("r", &[]).await.unwrap(), 0);
+
+        // Text, invalid UTF-8, an empty line, a line without newline, a gap.
+        let binary = [b'a', 0xff, 0xc3, 0x28, 0, b'z'];
+        let wire = vec![
+            LogLine::new(1, at(1), LogStream::Stdout, LogPhase::Setup, b"hi", true),
+            LogLine::new(2, at(2), LogStream::Stderr, LogPhase::Agent, &binary, true),
+            LogLine::new(3, at(3), LogStream::Stdout, LogPhase::Agent, b"", true),
+            LogLine::new(4, at(4), LogStream::Stdout, LogPhase::Agent, b"tail", false),
+            LogLine::gap(5, at(5), LogStream::Stderr, LogPhase::Teardown, 4096),
+        ];
+        let records: Vec<LogRecord> = wire
+            .iter()
+            .map(|l| LogRecord::from_line(l).unwrap())
+            .collect();
+        assert_eq!(s.append_logs("r", &records[..3]).await.unwrap(), 3);
+        // A repeated frame overlapping the stored lines adds only the new ones.
+        assert_eq!(s.append_logs("r", &records[1..]).await.unwrap(), 2);
+        assert_eq!(s.append_logs("r", &records).await.unwrap(), 0);
+
+        let back = s.read_logs(&all("r")).await.unwrap();
+        assert_eq!(back, records, "each line once, in seq order, byte for byte");
+        let back_wire: Vec<LogLine> = back.iter().map(LogRecord::to_line).collect();
+        assert_eq!(
+            back_wire, wire,
+            "the wire lines come back as they were sent"
+        );
+        assert_eq!(back[1].data, binary);
+        assert_eq!(back_wire[1].bytes(), binary);
+        assert_eq!(s.max_log_seq("r").await.unwrap(), Some(5));
+        assert_eq!(s.count_logs_up_to("r", 3).await.unwrap(), 3);
+        assert_eq!(s.count_logs_up_to("r", u64::MAX).await.unwrap(), 5);
+
+        // Paging and the phase filter.
+        let page = |after, limit, phase| LogQuery {
+            run_id: "r".to_owned(),
+            after_seq: after,
+            limit,
+            phase,
+        };
+        assert_eq!(seqs(&s.read_logs(&page(1, 2, None)).await.unwrap()), [2, 3]);
+        assert_eq!(
+            seqs(&s.read_logs(&page(3, 10, None)).await.unwrap()),
+            [4, 5]
+        );
+        assert_eq!(
+            seqs(
+                &s.read_logs(&page(0, 10, Some(LogPhase::Agent)))
+                    .await
+                    .unwrap()
+            ),
+            [2, 3, 4]
+        );
+        assert_eq!(
+            seqs(
+                &s.read_logs(&page(2, 1, Some(LogPhase::Agent)))
+                    .await
+                    .unwrap()
+            ),
+            [3]
+        );
+        assert_eq!(
+            seqs(
+                &s.read_logs(&page(0, 10, Some(LogPhase::Teardown)))
+                    .await
+                    .unwrap()
+            ),
+            [5]
+        );
+        assert!(s.read_logs(&page(5, 10, None)).await.unwrap().is_empty());
+        assert!(
+            s.read_logs(&page(u64::MAX, 10, None))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Other runs are separate.
+        assert_eq!(s.read_logs(&all("other")).await.unwrap(), vec![]);
+        assert_eq!(s.append_logs("other", &lines(1..=2)).await.unwrap(), 2);
+        assert_eq!(seqs(&s.read_logs(&all("other")).await.unwrap()), [1, 2]);
+        assert_eq!(s.max_log_seq("r").await.unwrap(), Some(5));
+    }
+
+    pub async fn bad_batches_store_nothing(s: Arc<dyn Store>) {
+        setup(&s, &["r"]).await;
+        // seq 0 and seqs beyond i64 are refused, with the whole batch.
+        for bad in [0, u64::MAX, i64::MAX as u64 + 1] {
+            let mut batch = lines(1..=3);
+            batch.push(text(bad, LogPhase::Agent, "bad"));
+            let err = s.append_logs("r", &batch).await.unwrap_err();
+            assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+        }
+        let mut huge_gap = lines(1..=1);
+        huge_gap[0].gap_bytes = Some(u64::MAX);
+        assert!(matches!(
+            s.append_logs("r", &huge_gap).await.unwrap_err(),
+            StoreError::Invalid(_)
+        ));
+        assert_eq!(s.max_log_seq("r").await.unwrap(), None);
+        // The largest storable seq is fine.
+        let top = text(i64::MAX as u64, LogPhase::Agent, "top");
+        assert_eq!(s.append_logs("r", &[top]).await.unwrap(), 1);
+        assert_eq!(s.max_log_seq("r").await.unwrap(), Some(i64::MAX as u64));
+        // Lines of a run that does not exist are refused.
+        assert!(s.append_logs("nope", &lines(1..=2)).await.is_err());
+        assert_eq!(s.read_logs(&all("nope")).await.unwrap(), vec![]);
+    }
+
+    pub async fn log_end_is_kept_on_the_run(s: Arc<dyn Store>) {
+        setup(&s, &["r"]).await;
+        assert_eq!(s.get_run("r").await.unwrap().unwrap().log_last_seq, None);
+        assert!(s.set_log_end("r", 0).await.unwrap());
+        assert_eq!(s.get_run("r").await.unwrap().unwrap().log_last_seq, Some(0));
+        assert!(s.set_log_end("r", 42).await.unwrap());
+        assert!(!s.set_log_end("nope", 1).await.unwrap());
+        assert!(matches!(
+            s.set_log_end("r", u64::MAX).await.unwrap_err(),
+            StoreError::Invalid(_)
+        ));
+        // Transitions return and keep it.
+        let run = s
+            .transition(
+                "r",
+                &[RunState::Queued],
+                RunState::Cancelled,
+                RunPatch::default(),
+                &at(9),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(run.log_last_seq, Some(42));
+        assert_eq!(
+            s.get_run("r").await.unwrap().unwrap().log_last_seq,
+            Some(42)
+        );
+    }
+
+    pub async fn retention_deletes_logs_of_runs_that_ended_long_ago(s: Arc<dyn Store>) {
+        setup(&s, &["old", "recent", "live", "ended-without-logs"]).await;
+        for r in ["old", "recent", "live"] {
+            s.append_logs(r, &lines(1..=4)).await.unwrap();
+        }
+        let end = |secs: i64| RunPatch {
+            ended_at: Some(Some(at(secs))),
+            ..RunPatch::default()
+        };
+        for (r, secs) in [("old", 10), ("recent", 100), ("ended-without-logs", 5)] {
+            s.transition(
+                r,
+                &[RunState::Queued],
+                RunState::Succeeded,
+                end(secs),
+                &at(secs),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        }
+        assert_eq!(s.delete_logs_ended_before(&at(5)).await.unwrap(), 0);
+        assert_eq!(s.delete_logs_ended_before(&at(50)).await.unwrap(), 4);
+        assert_eq!(s.read_logs(&all("old")).await.unwrap(), vec![]);
+        assert_eq!(s.read_logs(&all("recent")).await.unwrap().len(), 4);
+        assert_eq!(s.read_logs(&all("live")).await.unwrap().len(), 4);
+        // The run itself stays.
+        assert!(s.get_run("old").await.unwrap().is_some());
+        assert_eq!(s.delete_logs_ended_before(&at(50)).await.unwrap(), 0);
+        assert_eq!(s.delete_logs_ended_before(&at(1000)).await.unwrap(), 4);
+        assert_eq!(s.read_logs(&all("live")).await.unwrap().len(), 4);
+    }
+
+    pub async fn concurrent_overlapping_appends_store_each_line_once(s: Arc<dyn Store>) {
+        setup(&s, &["r"]).await;
+        // 8 writers send overlapping windows of 1..=200 in batches, twice.
+        let tasks: Vec<_> = (0..8u64)
+            .map(|w| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut inserted = 0;
+                    for round in 0..2 {
+                        let mut start = 1 + (w * 7 + round * 3) % 20;
+                        while start <= 200 {
+                            let end = (start + 24).min(200);
+                            inserted += s.append_logs("r", &lines(start..=end)).await.unwrap();
+                            start = end + 1;
+                        }
+                        if w % 2 == 0 {
+                            inserted +=
+                                s.append_logs("r", &lines(1..=start.min(25))).await.unwrap();
+                        }
+                    }
+                    inserted
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        assert_eq!(total, 200, "each line was inserted by exactly one call");
+        let back = s.read_logs(&all("r")).await.unwrap();
+        assert_eq!(seqs(&back), (1..=200).collect::<Vec<_>>());
+        assert_eq!(back, lines(1..=200));
+    }
+}
+
+macro_rules! log_stories {
+    ($($name:ident),* $(,)?) => {
+        mod logs_sqlite_file {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let (_dir, store) = super::file_store().await;
+                    super::log_story::$name(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+        mod logs_sqlite_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let store = super::memory_store().await;
+                    super::log_story::$name(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+    };
+}
+
+log_stories!(
+    append_and_read_exactly_once,
+    bad_batches_store_nothing,
+    log_end_is_kept_on_the_run,
+    retention_deletes_logs_of_runs_that_ended_long_ago,
+    concurrent_overlapping_appends_store_each_line_once,
+);
+
+#[tokio::test]
+async fn log_migration_applies_to_an_existing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oz.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.create_team("t", "T", &at(0)).await.unwrap();
+    store.insert_run(new_run("r", "t", &at(1))).await.unwrap();
+    store.close().await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        store.get_run("r").await.unwrap().unwrap().log_last_seq,
+        None
+    );
+    let kind: String = sqlx::query_scalar(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'run_logs'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(kind.contains("WITHOUT ROWID"), "{kind}");
 }

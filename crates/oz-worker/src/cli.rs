@@ -87,6 +87,11 @@ pub struct Cli {
     #[arg(long, hide = true, value_name = "URL")]
     pub session_sharing_server_url: Option<String>,
 
+    /// Directory for the worker's durable state: task logs not yet acknowledged
+    /// by the control plane and results not yet delivered [default: /var/lib/oz/worker-state].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Validate the configuration, print the resolved settings and exit.
     #[arg(long)]
     pub check_config: bool,

@@ -20,6 +20,14 @@ pub const DEFAULT_WORKSPACE_ROOT: &str = "/var/lib/oz/workspaces";
 pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// Default directory of the durable state (log spool, result journal).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/oz/worker-state";
+/// Default bound of one task's unacknowledged log spool.
+pub const DEFAULT_LOG_SPOOL_LIMIT: u64 = 64 * 1024 * 1024;
+/// The smallest accepted `log_spool_limit`: the spool keeps a window of
+/// lines in flight to the control plane that it never drops, and that
+/// window is a quarter of the limit.
+pub const MIN_LOG_SPOOL_LIMIT: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -43,6 +51,10 @@ pub struct FileConfig {
     pub cleanup: Option<bool>,
     pub max_concurrent_tasks: Option<i64>,
     pub idle_on_complete: Option<IdleValue>,
+    /// Durable state: log spool and result journal.
+    pub state_dir: Option<PathBuf>,
+    /// Bound of one task's unacknowledged log spool.
+    pub log_spool_limit: Option<ByteSize>,
     #[serde(default)]
     pub backend: Backend,
 }
@@ -180,6 +192,61 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A size in bytes: a plain integer (`1048576`), or a number with a unit
+/// (`512KiB`, `64MiB`, `1GiB`, `64MB`; `B`, `KiB`, `MiB`, `GiB`, `TiB` are
+/// powers of 1024, `KB`, `MB`, `GB`, `TB` powers of 1000; case-insensitive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as 64MiB, 1GiB or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("invalid size {v}: it must not be negative")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_byte_size(v).map(ByteSize).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parse a byte size (see [`ByteSize`]).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        format!("invalid size {text:?} (use a number of bytes or forms like 512KiB, 64MiB, 1GiB)")
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size {text:?}: too large"))
+}
+
 /// `idle_on_complete`: passed to `oz` verbatim, but checked here so a typo
 /// fails at startup instead of in every task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +317,10 @@ pub struct Settings {
     /// 0 = unlimited.
     pub max_concurrent_tasks: usize,
     pub idle_on_complete: Option<String>,
+    /// Durable state: `spool/` (task logs) and `results/` (terminal frames).
+    pub state_dir: PathBuf,
+    /// Bound, in bytes of spool file, of one task's unacknowledged log.
+    pub log_spool_limit: u64,
     pub direct: DirectSettings,
 }
 
@@ -268,6 +339,8 @@ impl fmt::Debug for Settings {
             .field("cleanup", &self.cleanup)
             .field("max_concurrent_tasks", &self.max_concurrent_tasks)
             .field("idle_on_complete", &self.idle_on_complete)
+            .field("state_dir", &self.state_dir)
+            .field("log_spool_limit", &self.log_spool_limit)
             .field("direct", &self.direct)
             .finish()
     }
@@ -420,6 +493,21 @@ impl Settings {
 
         let (websocket_url, server_root_url) = resolve_urls(cli)?;
 
+        let state_dir = cli
+            .state_dir
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or(file.state_dir.filter(|p| !p.as_os_str().is_empty()))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let log_spool_limit = file
+            .log_spool_limit
+            .map_or(DEFAULT_LOG_SPOOL_LIMIT, |b| b.0);
+        if log_spool_limit < MIN_LOG_SPOOL_LIMIT {
+            return Err(invalid(format!(
+                "log_spool_limit {log_spool_limit} is too small: it must be at least 1MiB"
+            )));
+        }
+
         let mut environment: Vec<(String, String)> = Vec::new();
         for entry in &direct_file.environment {
             let value = match &entry.value {
@@ -459,6 +547,8 @@ impl Settings {
             cleanup,
             max_concurrent_tasks,
             idle_on_complete,
+            state_dir,
+            log_spool_limit,
             direct: DirectSettings {
                 workspace_root,
                 target_dir,
@@ -593,6 +683,8 @@ worker_id: "host-a"
 cleanup: false
 max_concurrent_tasks: 4
 idle_on_complete: "10m"
+state_dir: /srv/oz-state
+log_spool_limit: 16MiB
 backend:
   direct:
     workspace_root: /srv/oz
@@ -613,6 +705,8 @@ backend:
         assert!(!s.cleanup);
         assert_eq!(s.max_concurrent_tasks, 4);
         assert_eq!(s.idle_on_complete.as_deref(), Some("10m"));
+        assert_eq!(s.state_dir, PathBuf::from("/srv/oz-state"));
+        assert_eq!(s.log_spool_limit, 16 << 20);
         assert_eq!(s.direct.workspace_root, PathBuf::from("/srv/oz"));
         assert_eq!(s.direct.oz_path, Some(PathBuf::from("/usr/local/bin/oz")));
         assert_eq!(
@@ -644,6 +738,8 @@ backend:
         assert_eq!(s.direct.task_timeout, None);
         assert_eq!(s.websocket_url.as_str(), DEFAULT_WEBSOCKET_URL);
         assert_eq!(s.server_root_url, DEFAULT_SERVER_ROOT_URL);
+        assert_eq!(s.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(s.log_spool_limit, DEFAULT_LOG_SPOOL_LIMIT);
     }
 
     #[test]
@@ -1021,5 +1117,65 @@ backend:
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("sekrit"), "{dbg}");
         assert!(dbg.contains("TOKEN"));
+    }
+
+    #[test]
+    fn state_dir_flag_beats_file_beats_default() {
+        let yaml = "worker_id: w\nstate_dir: /from/file\nbackend:\n  direct: {}\n";
+        let s = resolve(&["--api-key", "k"], yaml).unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/from/file"));
+        let s = resolve(&["--api-key", "k", "--state-dir", "/from/cli"], yaml).unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/from/cli"));
+        // An empty value in the file counts as not given.
+        let s = resolve(
+            &["--api-key", "k"],
+            "worker_id: w\nstate_dir: \"\"\nbackend: {direct: {}}\n",
+        )
+        .unwrap();
+        assert_eq!(s.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
+    fn log_spool_limit_accepts_sizes_and_plain_bytes() {
+        for (yaml, want) in [
+            ("log_spool_limit: 64MiB", 64 << 20),
+            ("log_spool_limit: \"1 GiB\"", 1 << 30),
+            ("log_spool_limit: 2097152", 2 << 20),
+            ("log_spool_limit: 5MB", 5_000_000),
+            ("log_spool_limit: 2048kib", 2 << 20),
+        ] {
+            let s = resolve(
+                &["--api-key", "k"],
+                &format!("worker_id: w\n{yaml}\nbackend: {{direct: {{}}}}\n"),
+            )
+            .unwrap();
+            assert_eq!(s.log_spool_limit, want, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn bad_log_spool_limits_are_refused() {
+        for (yaml, line) in [
+            ("worker_id: w\nlog_spool_limit: lots\n", "line 2"),
+            ("log_spool_limit: 12XB\n", "line 1"),
+            ("log_spool_limit: -5\n", "line 1"),
+            ("log_spool_limit: [1]\n", "line 1"),
+        ] {
+            let e = FileConfig::parse(yaml).unwrap_err();
+            assert!(e.contains(line), "{yaml}: {e}");
+        }
+        let e = err(
+            &["--api-key", "k"],
+            "worker_id: w\nlog_spool_limit: 64KiB\nbackend: {direct: {}}\n",
+        );
+        assert!(e.contains("at least 1MiB"), "{e}");
+        assert_eq!(parse_byte_size("1B"), Ok(1));
+        assert!(
+            parse_byte_size("99999999999TiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(parse_byte_size("").is_err());
+        assert!(parse_byte_size("1.5GiB").is_err());
     }
 }

@@ -6,6 +6,15 @@
 //! front of the queue for the next connection. Tasks keep running while the
 //! connection is down, and what they report meanwhile is sent after the
 //! reconnect.
+//!
+//! Task output and terminal frames come from the [`Spool`]. A control plane
+//! that lists the `logs` extension in `server_hello` gets each task's lines
+//! (`log_lines`), then `log_end`, then the terminal frame; everything not
+//! acknowledged is sent again on the next connection. One that does not
+//! (the official one never sends `server_hello`) gets only the terminal
+//! frames, and the logs are discarded. Until the first frame of a
+//! connection, or [`HELLO_WAIT`], it is not known which: terminal frames
+//! wait that long at most.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,6 +35,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, connect_url};
+use crate::spool::Spool;
 
 /// A WS ping goes out this often.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -38,6 +48,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(45);
 /// A connection that lasted this long resets the backoff; a shorter one
 /// (for example a server that accepts and closes at once) does not.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How long a new connection waits for `server_hello` before it is taken
+/// for a v1 control plane (no extensions). A control plane that announces
+/// extensions sends `server_hello` as its first frame.
+pub const HELLO_WAIT: Duration = Duration::from_secs(2);
+/// When stopping, how long to wait for the acknowledgement of log lines
+/// already sent (what is not acknowledged is sent again after a restart).
+pub const ACK_WAIT: Duration = Duration::from_secs(5);
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -80,10 +97,16 @@ pub enum Finish {
 
 pub struct Connection {
     settings: Arc<Settings>,
+    /// Task logs and terminal frames.
+    spool: Arc<Spool>,
     inbound: mpsc::UnboundedSender<ServerMessage>,
-    /// Answers the worker sends without a task (malformed frames).
+    /// Claims, rejections, status and the answers to malformed assignments.
     outbox: mpsc::UnboundedReceiver<WorkerMessage>,
+    outbox_closed: bool,
     pending: VecDeque<WorkerMessage>,
+    /// Whether the current connection's control plane takes `logs`; `None`
+    /// until known.
+    logs: Option<bool>,
     /// Set once the worker has nothing more to say: flush, close, return.
     closing: CancellationToken,
     /// Stop now, whatever is still queued.
@@ -99,6 +122,7 @@ enum SessionEnd {
 impl Connection {
     pub fn new(
         settings: Arc<Settings>,
+        spool: Arc<Spool>,
         inbound: mpsc::UnboundedSender<ServerMessage>,
         outbox: mpsc::UnboundedReceiver<WorkerMessage>,
         closing: CancellationToken,
@@ -106,9 +130,12 @@ impl Connection {
     ) -> Self {
         Connection {
             settings,
+            spool,
             inbound,
             outbox,
+            outbox_closed: false,
             pending: VecDeque::new(),
+            logs: None,
             closing,
             abort,
         }
@@ -132,11 +159,13 @@ impl Connection {
                     tracing::info!(url = %self.settings.websocket_url, worker_id = %self.settings.worker_id, "Connected to Oz");
                     tracing::info!("Listening for tasks");
                     let started = Instant::now();
+                    self.logs = None;
+                    self.spool.reset_sending();
                     match self.session(ws).await {
                         SessionEnd::Closed => return Finish::Delivered,
                         SessionEnd::Aborted => return self.undelivered(),
                         SessionEnd::Lost(why) => {
-                            tracing::warn!(reason = %why, queued = self.pending.len(), "connection to the control plane lost; tasks keep running and their results are sent after reconnecting");
+                            tracing::warn!(reason = %why, queued = self.pending.len() + self.spool.undelivered(), "connection to the control plane lost; tasks keep running and their results are sent after reconnecting");
                         }
                     }
                     if started.elapsed() >= STABLE_AFTER {
@@ -158,21 +187,22 @@ impl Connection {
         }
     }
 
+    /// Nothing waits to be written (log lines not yet sent do not count:
+    /// they stay in the spool for the next connection or the next start).
     fn nothing_queued(&mut self) -> bool {
         while let Ok(m) = self.outbox.try_recv() {
             self.pending.push_back(m);
         }
-        self.pending.is_empty()
+        self.pending.is_empty() && self.spool.undelivered() == 0
     }
 
     fn undelivered(&mut self) -> Finish {
         let _ = self.nothing_queued();
-        if self.pending.is_empty() {
+        let pending = self.pending.len() + self.spool.undelivered();
+        if pending == 0 {
             Finish::Delivered
         } else {
-            Finish::Undelivered {
-                pending: self.pending.len(),
-            }
+            Finish::Undelivered { pending }
         }
     }
 
@@ -205,36 +235,47 @@ impl Connection {
         let mut ping =
             tokio::time::interval_at(Instant::now() + HEARTBEAT_INTERVAL, HEARTBEAT_INTERVAL);
         let mut read_deadline = Instant::now() + PONG_WAIT;
+        let hello_deadline = Instant::now() + HELLO_WAIT;
+        let mut ack_deadline: Option<Instant> = None;
         loop {
+            // Take what the supervisor queued first, so that a claim always
+            // precedes the result of the same task.
+            while let Ok(m) = self.outbox.try_recv() {
+                self.pending.push_back(m);
+            }
             // Write everything queued, oldest first; a failed write keeps
             // the message for the next connection.
             while let Some(msg) = self.pending.front() {
-                let text = msg.encode();
-                match timeout(WRITE_WAIT, ws.send(Message::text(text))).await {
-                    Ok(Ok(())) => {
-                        tracing::debug!(kind = msg.kind(), task_id = msg.task_id(), "sent");
-                        self.pending.pop_front();
+                if let Err(end) = write(&mut ws, msg).await {
+                    return end;
+                }
+                self.pending.pop_front();
+            }
+            // Then the spool: log frames, log_end and terminal frames, as
+            // far as the in-flight window allows.
+            if let Some(logs) = self.logs {
+                while let Some(msg) = self.spool.next_frame(logs) {
+                    if let Err(end) = write(&mut ws, &msg).await {
+                        return end;
                     }
-                    Ok(Err(e)) => return SessionEnd::Lost(format!("write failed: {e}")),
-                    Err(_) => return SessionEnd::Lost("write timed out".into()),
+                    if msg.is_terminal() {
+                        self.spool.written(msg.task_id(), logs);
+                    }
                 }
             }
-            if self.closing.is_cancelled() {
-                if !self.nothing_queued() {
-                    continue;
+            if self.closing.is_cancelled() && self.nothing_queued() {
+                let until = *ack_deadline.get_or_insert_with(|| Instant::now() + ACK_WAIT);
+                let acks_due = self.logs == Some(true) && self.spool.awaiting_acks();
+                if !acks_due || Instant::now() >= until {
+                    self.close(ws).await;
+                    return SessionEnd::Closed;
                 }
-                let close = CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "".into(),
-                };
-                let _ = timeout(WRITE_WAIT, ws.close(Some(close))).await;
-                // Give the server a moment to answer the close handshake.
-                let _ = timeout(Duration::from_secs(2), async {
-                    while let Some(Ok(_)) = ws.next().await {}
-                })
-                .await;
-                return SessionEnd::Closed;
             }
+            let wake = match self.logs {
+                None => Some(hello_deadline),
+                Some(_) if self.closing.is_cancelled() => ack_deadline,
+                Some(_) => None,
+            };
             tokio::select! {
                 frame = ws.next() => {
                     read_deadline = Instant::now() + PONG_WAIT;
@@ -249,11 +290,15 @@ impl Connection {
                         None => return SessionEnd::Lost("connection closed".into()),
                     }
                 }
-                msg = self.outbox.recv() => match msg {
+                msg = self.outbox.recv(), if !self.outbox_closed => match msg {
                     Some(m) => self.pending.push_back(m),
                     // Every sender is gone: the worker has finished.
-                    None => self.closing.cancel(),
+                    None => {
+                        self.outbox_closed = true;
+                        self.closing.cancel();
+                    }
                 },
+                _ = self.spool.notified() => {}
                 _ = ping.tick() => {
                     match timeout(WRITE_WAIT, ws.send(Message::Ping(Default::default()))).await {
                         Ok(Ok(())) => {}
@@ -264,17 +309,63 @@ impl Connection {
                 _ = sleep_until(read_deadline) => {
                     return SessionEnd::Lost(format!("nothing heard from the control plane for {}s", PONG_WAIT.as_secs()));
                 }
-                _ = self.closing.cancelled() => {}
+                _ = sleep_until(wake.unwrap_or(read_deadline)), if wake.is_some() => {
+                    if self.logs.is_none() && Instant::now() >= hello_deadline {
+                        tracing::debug!("no server_hello: speaking protocol v1 without extensions");
+                        self.logs = Some(false);
+                    }
+                }
+                _ = self.closing.cancelled(), if !self.closing.is_cancelled() => {}
                 _ = self.abort.cancelled() => return SessionEnd::Aborted,
             }
         }
     }
 
-    fn on_text(&self, text: &str) {
-        match ServerMessage::decode(text) {
+    /// Close with 1000 and give the server a moment to answer; acks that
+    /// arrive meanwhile still count.
+    async fn close(&self, mut ws: Ws) {
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = timeout(WRITE_WAIT, ws.close(Some(close))).await;
+        let spool = &self.spool;
+        let _ = timeout(Duration::from_secs(2), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(t) = m
+                    && let Ok(ServerMessage::LogAck(a)) = ServerMessage::decode(t.as_str())
+                {
+                    spool.ack(&a.task_id, a.seq);
+                }
+            }
+        })
+        .await;
+    }
+
+    fn on_text(&mut self, text: &str) {
+        let decoded = ServerMessage::decode(text);
+        match &decoded {
+            Ok(ServerMessage::ServerHello(h)) => {
+                let logs = h.has(oz_protocol::ext::LOGS);
+                if self.logs != Some(logs) {
+                    tracing::debug!(
+                        logs,
+                        "server_hello: the control plane {} task logs",
+                        if logs { "takes" } else { "does not take" }
+                    );
+                }
+                self.logs = Some(logs);
+            }
+            // A control plane with extensions says hello first; anything
+            // else first means v1.
+            _ if self.logs.is_none() => self.logs = Some(false),
+            _ => {}
+        }
+        match decoded {
             Ok(ServerMessage::Unknown { kind }) => {
                 tracing::debug!(kind, "ignoring a frame of unknown type");
             }
+            Ok(ServerMessage::LogAck(a)) => self.spool.ack(&a.task_id, a.seq),
             Ok(msg) => {
                 let _ = self.inbound.send(msg);
             }
@@ -290,6 +381,18 @@ impl Connection {
             }
             Err(e) => tracing::warn!(error = %e, "ignoring an undecodable frame"),
         }
+    }
+}
+
+/// Write one frame within [`WRITE_WAIT`].
+async fn write(ws: &mut Ws, msg: &WorkerMessage) -> Result<(), SessionEnd> {
+    match timeout(WRITE_WAIT, ws.send(Message::text(msg.encode()))).await {
+        Ok(Ok(())) => {
+            tracing::debug!(kind = msg.kind(), task_id = msg.task_id(), "sent");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(SessionEnd::Lost(format!("write failed: {e}"))),
+        Err(_) => Err(SessionEnd::Lost("write timed out".into())),
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! Order per task: workspace (0700, owner marker) → env file → setup hook →
 //! env-file vars → agent → teardown hook (always, with its own timeout and
-//! `OZ_TASK_RESULT`) → leftover processes killed → workspace removed.
+//! `OZ_TASK_RESULT`) → leftover processes killed → output capture closed →
+//! workspace removed. The stdout and stderr of every hook and the agent are
+//! piped into the task's log ([`crate::capture`]), never inherited.
 
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -12,15 +14,18 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use oz_protocol::logs::LogPhase;
 use oz_protocol::{FailureReason, Task, TaskAssignment};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{self, ArgsOptions};
+use crate::capture::{SETTLE_BETWEEN_PHASES, Secrets, TaskLog};
 use crate::config::Settings;
 use crate::dotenv;
 use crate::env::{EnvList, minimal_base};
+use crate::spool::Spool;
 use crate::sys::{self, MARKER_VAR, RunOutcome, StopTokens, Stopped};
 use crate::task::{Outcome, StopReason, TaskControl};
 
@@ -176,12 +181,15 @@ impl DirectBackend {
         }
     }
 
-    /// Run one task to its end, hooks and cleanup included.
+    /// Run one task to its end, hooks and cleanup included. The output of
+    /// the hooks and the agent goes to the task's log in `spool`; when this
+    /// returns, every line read is there.
     pub async fn run_task(
         &self,
         assignment: &TaskAssignment,
         task: &Task,
         ctl: &TaskControl,
+        spool: &Arc<Spool>,
     ) -> Outcome {
         let run_id = assignment.task_id.as_str();
         if !oz_protocol::is_safe_path_component(run_id) {
@@ -191,6 +199,12 @@ impl DirectBackend {
                 None,
             );
         }
+        let log = TaskLog::new(
+            spool.clone(),
+            run_id,
+            assignment.execution_id.clone(),
+            self.task_secrets(assignment),
+        );
         let mut ws = match self.open_workspace(run_id, &ctl.marker) {
             Ok(ws) => ws,
             Err(e) => {
@@ -202,9 +216,36 @@ impl DirectBackend {
                 );
             }
         };
-        let outcome = self.setup_and_agent(assignment, task, ctl, &mut ws).await;
-        self.finish(run_id, ctl, &mut ws, &outcome).await;
+        let outcome = self
+            .setup_and_agent(assignment, task, ctl, &mut ws, &log)
+            .await;
+        self.finish(run_id, ctl, &mut ws, &outcome, &log).await;
         outcome
+    }
+
+    /// What is redacted from the task's output: the values of the
+    /// assignment's `secret_env_vars`, its `WARP_API_KEY` (the run token),
+    /// every configured `environment`/`-e` value and the worker's own key.
+    /// The env file's values are added after setup.
+    fn task_secrets(&self, assignment: &TaskAssignment) -> Secrets {
+        let mut values: Vec<&str> = assignment
+            .secret_env_vars
+            .iter()
+            .filter_map(|name| assignment.env_vars.get(name))
+            .map(String::as_str)
+            .collect();
+        if let Some(token) = assignment.env_vars.get("WARP_API_KEY") {
+            values.push(token);
+        }
+        values.extend(
+            self.settings
+                .direct
+                .environment
+                .iter()
+                .map(|(_, v)| v.as_str()),
+        );
+        values.push(&self.settings.api_key);
+        Secrets::new(values)
     }
 
     async fn setup_and_agent(
@@ -213,6 +254,7 @@ impl DirectBackend {
         task: &Task,
         ctl: &TaskControl,
         ws: &mut Workspace,
+        log: &TaskLog,
     ) -> Outcome {
         let d = &self.settings.direct;
         let run_id = assignment.task_id.as_str();
@@ -228,7 +270,15 @@ impl DirectBackend {
             env.set(MARKER_VAR, ctl.marker.as_str());
             tracing::info!(run_id, "setup started");
             let result = self
-                .run_hook(setup, &ws.dir, &env, limit(d.setup_timeout), &ctl.tokens)
+                .run_hook(
+                    setup,
+                    &ws.dir,
+                    &env,
+                    limit(d.setup_timeout),
+                    &ctl.tokens,
+                    log,
+                    LogPhase::Setup,
+                )
                 .await;
             match result {
                 Err(e) => {
@@ -241,6 +291,7 @@ impl DirectBackend {
                 Ok(out) => {
                     ws.pgids.push(out.pgid);
                     tracing::info!(run_id, status = %sys::describe(&out.status), "setup finished");
+                    log.settle(SETTLE_BETWEEN_PHASES).await;
                     match out.stopped {
                         Some(Stopped::Timeout) => {
                             return Outcome::failed(
@@ -283,6 +334,7 @@ impl DirectBackend {
         for w in &parsed.warnings {
             tracing::warn!(run_id, line = w.line, problem = %w.message, "skipping a malformed line in the environment file");
         }
+        log.add_secrets(parsed.vars.iter().map(|(_, v)| v));
         env.extend(parsed.vars);
         env.set("GIT_CONFIG_GLOBAL", path_str(&ws.git_config));
         env.set(MARKER_VAR, ctl.marker.as_str());
@@ -298,7 +350,9 @@ impl DirectBackend {
             .current_dir(&ws.dir)
             .env_clear()
             .envs(env.iter())
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         tracing::info!(run_id, oz = %self.oz_path.display(), "agent started");
         let out = match sys::run_supervised(
             cmd,
@@ -306,6 +360,7 @@ impl DirectBackend {
             d.task_timeout,
             &ctl.tokens,
             d.grace_period,
+            |child| log.attach(child, LogPhase::Agent),
         )
         .await
         {
@@ -322,6 +377,7 @@ impl DirectBackend {
         ws.pgids.push(out.pgid);
         let code = sys::exit_code(&out.status);
         tracing::info!(run_id, status = %sys::describe(&out.status), "agent exited");
+        log.settle(SETTLE_BETWEEN_PHASES).await;
         match out.stopped {
             Some(Stopped::Timeout) => Outcome::TimedOut {
                 exit_code: nonzero(code),
@@ -375,6 +431,7 @@ impl DirectBackend {
         env
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_hook(
         &self,
         script: &str,
@@ -382,6 +439,8 @@ impl DirectBackend {
         env: &EnvList,
         timeout: Option<Duration>,
         tokens: &StopTokens,
+        log: &TaskLog,
+        phase: LogPhase,
     ) -> io::Result<RunOutcome> {
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
@@ -389,7 +448,9 @@ impl DirectBackend {
             .current_dir(cwd)
             .env_clear()
             .envs(env.iter())
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let marker = env.get(MARKER_VAR).unwrap_or_default().to_owned();
         sys::run_supervised(
             cmd,
@@ -397,13 +458,21 @@ impl DirectBackend {
             timeout,
             tokens,
             self.settings.direct.grace_period,
+            |child| log.attach(child, phase),
         )
         .await
     }
 
-    /// Teardown, leftover processes, env file, workspace: runs after every
-    /// outcome. Nothing here changes the reported result.
-    async fn finish(&self, run_id: &str, ctl: &TaskControl, ws: &mut Workspace, outcome: &Outcome) {
+    /// Teardown, leftover processes, env file, workspace, output capture:
+    /// runs after every outcome. Nothing here changes the reported result.
+    async fn finish(
+        &self,
+        run_id: &str,
+        ctl: &TaskControl,
+        ws: &mut Workspace,
+        outcome: &Outcome,
+        log: &TaskLog,
+    ) {
         let d = &self.settings.direct;
         remove_file_logged(&ws.env_file);
         let forced = ctl.tokens.kill.is_cancelled();
@@ -431,17 +500,26 @@ impl DirectBackend {
             };
             tracing::info!(run_id, result = outcome.task_result(), "teardown started");
             match self
-                .run_hook(teardown, &ws.dir, &env, limit(d.teardown_timeout), &tokens)
+                .run_hook(
+                    teardown,
+                    &ws.dir,
+                    &env,
+                    limit(d.teardown_timeout),
+                    &tokens,
+                    log,
+                    LogPhase::Teardown,
+                )
                 .await
             {
                 Ok(out) => {
                     ws.pgids.push(out.pgid);
+                    let status = sys::describe(&out.status);
                     if out.stopped == Some(Stopped::Timeout) {
-                        tracing::warn!(run_id, timeout = %humantime::format_duration(d.teardown_timeout), "teardown command timed out; the task result is unchanged");
+                        tracing::warn!(run_id, %status, timeout = %humantime::format_duration(d.teardown_timeout), "teardown command timed out; the task result is unchanged");
                     } else if !out.status.success() {
-                        tracing::warn!(run_id, status = %sys::describe(&out.status), "teardown command failed; the task result is unchanged");
+                        tracing::warn!(run_id, %status, "teardown command failed; the task result is unchanged");
                     } else {
-                        tracing::info!(run_id, "teardown finished");
+                        tracing::info!(run_id, %status, "teardown finished");
                     }
                 }
                 Err(e) => tracing::warn!(run_id, error = %e, "teardown command failed to start"),
@@ -457,6 +535,9 @@ impl DirectBackend {
         if killed > 0 {
             tracing::info!(run_id, killed, "killed processes the task left behind");
         }
+        // The pipes close with their last writer; a writer we could not
+        // reach gets a bounded wait.
+        log.close().await;
         if let Some(tmp) = ws.private_tmp.take() {
             remove_dir_logged(&tmp);
         }

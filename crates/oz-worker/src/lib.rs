@@ -3,16 +3,20 @@
 //! Code map: [`cli`] and [`config`] resolve the settings; [`connection`]
 //! owns the WebSocket; [`worker`] supervises tasks; [`direct`] runs one task
 //! on the host; [`sys`] contains process groups and tree kills; [`args`],
-//! [`env`] and [`dotenv`] build what each process receives.
+//! [`env`] and [`dotenv`] build what each process receives; [`capture`]
+//! reads and redacts task output into the [`spool`], the durable state that
+//! also journals results.
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod direct;
 pub mod dotenv;
 pub mod env;
+pub mod spool;
 pub mod sys;
 pub mod task;
 pub mod worker;
@@ -50,6 +54,7 @@ pub async fn run_until(
     let worker_env = env::worker_env_without_key(std::env::vars_os(), &settings.api_key);
     let backend = DirectBackend::new(settings.clone(), worker_env)
         .context("the Direct backend cannot start")?;
+    spool::prepare_state_dir(&settings.state_dir)?;
 
     if cli.check_config {
         println!("configuration is valid");
@@ -57,6 +62,10 @@ pub async fn run_until(
         println!("oz: {}", backend.oz_path().display());
         return Ok(ExitCode::SUCCESS);
     }
+    let spool = Arc::new(spool::Spool::open(
+        &settings.state_dir,
+        settings.log_spool_limit,
+    )?);
 
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -66,10 +75,19 @@ pub async fn run_until(
         workspace = %settings.direct.target_dir.as_ref().unwrap_or(&settings.direct.workspace_root).display(),
         max_concurrent_tasks = settings.max_concurrent_tasks,
         cleanup = settings.cleanup,
+        state_dir = %settings.state_dir.display(),
         "starting oz-agent-worker"
     );
+    let (logs, results) = spool.leftovers();
+    if logs + results > 0 {
+        tracing::info!(
+            task_logs = logs,
+            results,
+            "found output and results an earlier worker process did not deliver; sending them once connected"
+        );
+    }
     backend.sweep_leftovers().await;
-    worker::Worker::run(settings, Arc::new(backend), stop).await
+    worker::Worker::run(settings, Arc::new(backend), spool, stop).await
 }
 
 fn expand_home(path: &std::path::Path) -> std::path::PathBuf {

@@ -61,16 +61,19 @@ pub fn prepare(cmd: &mut Command) {
 }
 
 /// Spawn `cmd` in its own process group and wait for it, stopping the whole
-/// tree when `timeout` expires or a stop token fires.
+/// tree when `timeout` expires or a stop token fires. `on_spawn` gets the
+/// child right after the spawn (to take its output pipes).
 pub async fn run_supervised(
     mut cmd: Command,
     marker: &str,
     timeout: Option<Duration>,
     tokens: &StopTokens,
     grace: Duration,
+    on_spawn: impl FnOnce(&mut Child),
 ) -> io::Result<RunOutcome> {
     prepare(&mut cmd);
     let mut child = cmd.spawn()?;
+    on_spawn(&mut child);
     let pgid = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
@@ -327,6 +330,7 @@ mod tests {
             Some(Duration::from_millis(300)),
             &tokens,
             Duration::from_secs(2),
+            |_| {},
         )
         .await
         .unwrap();
@@ -365,6 +369,7 @@ mod tests {
             None,
             &tokens,
             Duration::from_secs(5),
+            |_| {},
         )
         .await
         .unwrap();

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::connection::{Connection, Finish};
 use crate::direct::{DirectBackend, random_hex};
+use crate::spool::Spool;
 use crate::task::{Outcome, StopReason, TaskControl};
 
 /// Reason sent with `task_rejected` while the worker drains.
@@ -48,6 +49,7 @@ struct Active {
 pub struct Worker {
     settings: Arc<Settings>,
     backend: Arc<DirectBackend>,
+    spool: Arc<Spool>,
     outbox: mpsc::UnboundedSender<WorkerMessage>,
     active: HashMap<String, Active>,
     done_tx: mpsc::UnboundedSender<(String, Outcome)>,
@@ -63,6 +65,7 @@ impl Worker {
     pub async fn run(
         settings: Arc<Settings>,
         backend: Arc<DirectBackend>,
+        spool: Arc<Spool>,
         stop: CancellationToken,
     ) -> anyhow::Result<ExitCode> {
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -74,6 +77,7 @@ impl Worker {
         let abort = CancellationToken::new();
         let conn = Connection::new(
             settings.clone(),
+            spool.clone(),
             in_tx,
             out_rx,
             closing.clone(),
@@ -85,6 +89,7 @@ impl Worker {
         let mut worker = Worker {
             settings,
             backend,
+            spool,
             outbox: out_tx,
             active: HashMap::new(),
             done_tx,
@@ -206,7 +211,8 @@ impl Worker {
                     self.send(self.status());
                 }
             }
-            // Acknowledgements are the connection's business (log spool).
+            // Acknowledgements are the connection's business (log spool);
+            // it does not pass them on.
             ServerMessage::LogAck(_) | ServerMessage::Unknown { .. } => {}
         }
     }
@@ -273,10 +279,12 @@ impl Worker {
             },
         );
         let backend = self.backend.clone();
+        let spool = self.spool.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
             let id = task_id.clone();
-            let inner = tokio::spawn(async move { backend.run_task(&a, &task, &control).await });
+            let inner =
+                tokio::spawn(async move { backend.run_task(&a, &task, &control, &spool).await });
             let outcome = match inner.await {
                 Ok(o) => o,
                 Err(e) => {
@@ -313,16 +321,16 @@ impl Worker {
         })
     }
 
+    /// The terminal frame goes to the spool, not the outbox: it is journaled
+    /// there (so it survives a restart) and held until the task's log was
+    /// sent, so it never overtakes the task's lines.
     fn on_done(&mut self, task_id: String, outcome: Outcome) {
-        let execution_id = self
-            .active
-            .remove(&task_id)
-            .and_then(|a| a.execution_id)
-            .unwrap_or_default();
+        let execution_id = self.active.remove(&task_id).and_then(|a| a.execution_id);
         if outcome.cut_short() {
             self.cut_short += 1;
         }
-        tracing::info!(run_id = %task_id, execution_id, result = outcome.task_result(), "task finished");
-        self.send(outcome.to_message(&task_id));
+        tracing::info!(run_id = %task_id, execution_id = execution_id.as_deref().unwrap_or_default(), result = outcome.task_result(), "task finished");
+        self.spool
+            .finish(&task_id, execution_id, outcome.to_message(&task_id));
     }
 }

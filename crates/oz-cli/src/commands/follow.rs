@@ -1,4 +1,5 @@
-//! Follow a run until it ends, printing each state change.
+//! Follow a run until it ends, printing each state change and, while the
+//! server streams it, the run's live output.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use crate::client::Client;
 use crate::output::Style;
 
 const POLL: Duration = Duration::from_millis(500);
+/// After the run ended, how long to wait for the rest of its output.
+const LOG_TAIL_WAIT: Duration = Duration::from_secs(15);
 
 /// How following ended.
 pub enum Followed {
@@ -30,6 +33,41 @@ pub async fn follow(
     let mut failures = 0u32;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+
+    // The output, streamed beside the state polling. A server without the
+    // logs endpoints just means no output is shown.
+    let stop_logs = tokio_util::sync::CancellationToken::new();
+    // True while the last output line printed had no newline yet.
+    let open_line = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let logs = {
+        let (client, run_id, stop) = (client.clone(), run_id.to_owned(), stop_logs.clone());
+        let open_line = open_line.clone();
+        tokio::spawn(async move {
+            let mut print = |l: &oz_protocol::logs::LogLine| {
+                open_line.store(
+                    l.gap_bytes.is_none() && !l.newline && !l.bytes().is_empty(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                if to_stderr {
+                    use std::io::Write;
+                    let _ = std::io::stderr().write_all(&l.raw());
+                } else {
+                    super::logs::print_line(l);
+                }
+            };
+            let filter = super::logs::LogFilter::default();
+            let _ = super::logs::stream(
+                &client,
+                &run_id,
+                &filter,
+                &mut print,
+                stop.cancelled_owned(),
+            )
+            .await;
+        })
+    };
+    let mut logs = Some(logs);
+
     loop {
         let run = match client.get_run(run_id).await {
             Ok(r) => {
@@ -47,6 +85,21 @@ pub async fn follow(
             }
             Err(e) => return Err(e),
         };
+        if run.state.is_terminal()
+            && let Some(task) = logs.take()
+        {
+            // Let the last lines arrive before the final state is printed.
+            if tokio::time::timeout(LOG_TAIL_WAIT, task).await.is_err() {
+                stop_logs.cancel();
+            }
+            if open_line.load(std::sync::atomic::Ordering::Relaxed) {
+                if to_stderr {
+                    eprintln!();
+                } else {
+                    crate::say!();
+                }
+            }
+        }
         let msg = run.status_message.as_ref().map(|s| s.message.clone());
         let now = (run.state, msg.clone());
         if last.as_ref() != Some(&now) {
@@ -67,7 +120,10 @@ pub async fn follow(
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            _ = &mut ctrl_c => return Ok(Followed::Interrupted),
+            _ = &mut ctrl_c => {
+                stop_logs.cancel();
+                return Ok(Followed::Interrupted);
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod follow;
+pub mod logs;
 pub mod quickstart;
 pub mod run;
 pub mod worker;

@@ -108,7 +108,8 @@ async fn quickstart(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(
         &config,
         format!(
-            "backend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n",
+            "state_dir: {}\nbackend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n",
+            yaml_str(&workspace.path().join("worker-state").to_string_lossy()),
             yaml_str(&workspace.path().join("workspaces").to_string_lossy()),
             yaml_str(&oz.to_string_lossy()),
         ),

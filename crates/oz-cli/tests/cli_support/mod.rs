@@ -336,7 +336,8 @@ impl Worker {
         std::fs::write(
             &config,
             format!(
-                "backend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n",
+                "state_dir: {}\nbackend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n",
+                yaml_str(&root.join("state")),
                 yaml_str(&root.join("ws")),
                 yaml_str(&oz_bin()),
             ),

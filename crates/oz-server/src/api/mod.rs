@@ -1,6 +1,7 @@
 //! The REST API under `/api/v1`: one module per resource.
 
 pub mod keys;
+pub mod logs;
 pub mod runs;
 pub mod workers;
 
@@ -15,6 +16,8 @@ pub fn routes() -> Router<AppState> {
         .route("/agent/runs/{run_id}", get(runs::get))
         .route("/agent/runs/{run_id}/cancel", post(runs::cancel))
         .route("/agent/runs/{run_id}/report", post(runs::report))
+        .route("/agent/runs/{run_id}/logs", get(logs::page))
+        .route("/agent/runs/{run_id}/logs/stream", get(logs::stream))
         .route("/api-keys", post(keys::create).get(keys::list))
         .route("/api-keys/{key_id}", delete(keys::revoke))
         .route("/workers", get(workers::list))

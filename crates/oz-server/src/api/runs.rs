@@ -176,7 +176,11 @@ fn derive_title(prompt: &str, skill: Option<&str>) -> String {
 }
 
 /// Load a run the caller may see; anything else is 404 (no existence leak).
-async fn visible_run(state: &AppState, principal: &Principal, run_id: &str) -> ApiResult<Run> {
+pub(crate) async fn visible_run(
+    state: &AppState,
+    principal: &Principal,
+    run_id: &str,
+) -> ApiResult<Run> {
     if let Principal::Key(k) = principal
         && k.kind == oz_store::KeyKind::Worker
     {
@@ -234,6 +238,7 @@ pub async fn cancel(
             {
                 Some(_) => {
                     tracing::info!(run_id, "queued run cancelled");
+                    state.hub.notify_log_readers(&run_id);
                     Ok(Json(json!(run_id)))
                 }
                 None => Err(pending_conflict()),

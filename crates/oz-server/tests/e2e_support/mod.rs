@@ -628,7 +628,8 @@ impl Worker {
         let label = spec.label;
         let ws_root = sb.path().join("ws").join(label);
         let mut yaml = format!(
-            "backend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n    grace_period: 1s\n",
+            "state_dir: {}\nbackend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n    grace_period: 1s\n",
+            sb.path().join("state").join(label).display(),
             ws_root.display(),
             sb.agent_path().display()
         );

@@ -407,6 +407,10 @@ impl WorkerBuilder {
                 cp.url(),
                 "--log-level".into(),
                 "debug".into(),
+                // Every sandbox has its own durable state (log spool,
+                // result journal); the default is shared by the host.
+                "--state-dir".into(),
+                sb.state_dir().display().to_string(),
             ],
             env: vec![("WARP_API_KEY".into(), "wk-test-key".into())],
             config: Some(format!(
@@ -553,4 +557,289 @@ pub fn read_pids(path: &Path) -> Vec<i32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Extension `logs`: a control plane that says `server_hello` with `logs` and
+// acknowledges `log_lines`, and helpers to check what arrived.
+// ---------------------------------------------------------------------------
+
+impl Sandbox {
+    /// The worker's `--state-dir` (passed by [`WorkerBuilder::new`]).
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    /// The spool file of a task's log.
+    pub fn spool_file(&self, task_id: &str) -> PathBuf {
+        self.state_dir()
+            .join("spool")
+            .join(format!("{task_id}.jsonl"))
+    }
+
+    /// The journal of a task's undelivered result.
+    pub fn result_journal(&self, task_id: &str) -> PathBuf {
+        self.state_dir()
+            .join("results")
+            .join(format!("{task_id}.json"))
+    }
+
+    /// Names of the files in a state subdirectory (`spool` or `results`).
+    pub fn state_files(&self, sub: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.state_dir().join(sub))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Whether the logs control plane acknowledges `log_lines` by itself.
+#[derive(Clone, Debug)]
+pub struct Acks(Arc<std::sync::atomic::AtomicBool>);
+
+impl Acks {
+    /// Acknowledge every `log_lines` frame at once.
+    pub fn auto() -> Self {
+        Acks(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+
+    /// Acknowledge only what the test acknowledges ([`ControlPlane::ack`]).
+    pub fn manual() -> Self {
+        Acks(Arc::new(std::sync::atomic::AtomicBool::new(false)))
+    }
+
+    pub fn set_auto(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn on(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl ControlPlane {
+    /// A control plane that announces `logs` in `server_hello` (its first
+    /// frame on every connection) and acknowledges as `acks` says.
+    pub async fn start_logs(acks: &Acks) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::with_logs_listener(listener, acks)
+    }
+
+    /// [`ControlPlane::start_logs`] on the same address (after a stop).
+    pub async fn restart_logs_on(addr: std::net::SocketAddr, acks: &Acks) -> Self {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => return Self::with_logs_listener(l, acks),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("rebind {addr}: {e}"),
+            }
+        }
+    }
+
+    fn with_logs_listener(listener: TcpListener, acks: &Acks) -> Self {
+        let addr = listener.local_addr().expect("addr");
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let (to_worker, _) = broadcast::channel(1024);
+        let accept_loop = tokio::spawn(logs_accept_loop(
+            listener,
+            event_tx.clone(),
+            to_worker.clone(),
+            acks.clone(),
+        ));
+        ControlPlane {
+            addr,
+            events,
+            to_worker,
+            mode: Arc::new(Mutex::new(Mode::Serve)),
+            accept_loop,
+            event_tx,
+            history: Vec::new(),
+        }
+    }
+
+    /// Acknowledge a task's lines up to `seq`.
+    pub fn ack(&self, task_id: &str, seq: u64) {
+        self.send(&ServerMessage::LogAck(oz_protocol::logs::LogAck {
+            task_id: task_id.to_owned(),
+            seq,
+        }));
+    }
+
+    /// Frames of one task seen so far, in order.
+    pub fn task_frames(&self, task_id: &str) -> Vec<WorkerMessage> {
+        self.frames()
+            .into_iter()
+            .filter(|f| f.task_id() == task_id)
+            .collect()
+    }
+}
+
+async fn logs_accept_loop(
+    listener: TcpListener,
+    events: mpsc::UnboundedSender<Event>,
+    to_worker: broadcast::Sender<Cmd>,
+    acks: Acks,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let events = events.clone();
+        let acks = acks.clone();
+        let mut rx = to_worker.subscribe();
+        tokio::spawn(async move {
+            let seen: Arc<Mutex<(String, Option<String>)>> = Arc::default();
+            let seen2 = seen.clone();
+            #[allow(clippy::result_large_err)]
+            let callback = move |req: &Request, resp: Response| {
+                let query = req.uri().query().unwrap_or_default().to_owned();
+                let auth = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                *seen2.lock().unwrap() = (query, auth);
+                Ok(resp)
+            };
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                return;
+            };
+            let (query, auth) = seen.lock().unwrap().clone();
+            let _ = events.send(Event::Connected { query, auth });
+            let hello = ServerMessage::ServerHello(oz_protocol::ServerHello {
+                protocol: 1,
+                extensions: vec![oz_protocol::ext::LOGS.to_owned()],
+            });
+            if ws.send(Message::text(hello.encode())).await.is_err() {
+                let _ = events.send(Event::Disconnected);
+                return;
+            }
+            loop {
+                tokio::select! {
+                    frame = ws.next() => match frame {
+                        Some(Ok(Message::Text(t))) => {
+                            let ev = match WorkerMessage::decode(t.as_str()) {
+                                Ok(f) => Event::Frame(f),
+                                Err(_) => Event::Garbage(t.to_string()),
+                            };
+                            if let Event::Frame(WorkerMessage::LogLines(l)) = &ev
+                                && acks.on()
+                                && let Some(last) = l.lines.iter().map(|l| l.seq).max()
+                            {
+                                let ack = ServerMessage::LogAck(oz_protocol::logs::LogAck {
+                                    task_id: l.task_id.clone(),
+                                    seq: last,
+                                });
+                                if ws.send(Message::text(ack.encode())).await.is_err() {
+                                    let _ = events.send(ev);
+                                    break;
+                                }
+                            }
+                            let _ = events.send(ev);
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => {}
+                    },
+                    cmd = rx.recv() => match cmd {
+                        Ok(Cmd::Text(t)) => { if ws.send(Message::text(t)).await.is_err() { break } }
+                        Ok(Cmd::Close) | Err(broadcast::error::RecvError::Closed) => { let _ = ws.close(None).await; break }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    },
+                }
+            }
+            let _ = events.send(Event::Disconnected);
+        });
+    }
+}
+
+/// Every line in these frames, in arrival order.
+pub fn log_lines(frames: &[WorkerMessage]) -> Vec<oz_protocol::logs::LogLine> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            WorkerMessage::LogLines(l) => Some(l.lines.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Lines by seq, each once; a seq seen twice must carry the same line.
+pub fn dedup_by_seq(lines: &[oz_protocol::logs::LogLine]) -> Vec<oz_protocol::logs::LogLine> {
+    let mut by_seq: BTreeMap<u64, oz_protocol::logs::LogLine> = BTreeMap::new();
+    for l in lines {
+        match by_seq.get(&l.seq) {
+            Some(prev) => assert!(
+                prev.raw() == l.raw() && prev.gap_bytes == l.gap_bytes,
+                "seq {} was sent twice with different content",
+                l.seq
+            ),
+            None => {
+                by_seq.insert(l.seq, l.clone());
+            }
+        }
+    }
+    by_seq.into_values().collect()
+}
+
+/// The exact bytes of one stream of one phase.
+pub fn reassemble(
+    lines: &[oz_protocol::logs::LogLine],
+    stream: oz_protocol::logs::LogStream,
+    phase: oz_protocol::logs::LogPhase,
+) -> Vec<u8> {
+    lines
+        .iter()
+        .filter(|l| l.stream == stream && l.phase == phase)
+        .flat_map(|l| l.raw())
+        .collect()
+}
+
+/// The contract of one task's frames: every `log_lines` before `log_end`,
+/// `log_end` before the terminal frame, exactly one terminal frame, and
+/// `log_end.last_seq` the highest seq sent. Returns the last seq.
+pub fn assert_log_order(frames: &[WorkerMessage]) -> u64 {
+    let end = frames
+        .iter()
+        .position(|f| matches!(f, WorkerMessage::LogEnd(_)))
+        .expect("no log_end");
+    let term = frames
+        .iter()
+        .position(WorkerMessage::is_terminal)
+        .expect("no terminal frame");
+    assert!(end < term, "log_end must come before the terminal frame");
+    assert_eq!(frames.iter().filter(|f| f.is_terminal()).count(), 1);
+    if let Some(last_lines) = frames
+        .iter()
+        .rposition(|f| matches!(f, WorkerMessage::LogLines(_)))
+    {
+        assert!(last_lines < end, "a log_lines frame came after log_end");
+    }
+    let max = log_lines(frames).iter().map(|l| l.seq).max().unwrap_or(0);
+    match &frames[end] {
+        WorkerMessage::LogEnd(e) => {
+            assert_eq!(e.last_seq, max, "log_end.last_seq is the last seq sent");
+            e.last_seq
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// Seqs 1..=last, each present: no line is missing.
+pub fn assert_no_gaps(lines: &[oz_protocol::logs::LogLine], last: u64) {
+    let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "seqs are not 1..={last}"
+    );
 }

@@ -1,0 +1,332 @@
+//! End to end for live logs: the real `oz-server` binary, and a fake worker
+//! played by the test over the real WebSocket (no `oz-agent-worker`
+//! needed). Every wait is bounded.
+
+mod e2e_support;
+mod sse_support;
+
+use std::time::Duration;
+
+use e2e_support::{Sandbox, Server, WAIT};
+use futures_util::{SinkExt, StreamExt};
+use oz_protocol::logs::{LogEnd, LogLine, LogLines, LogPhase, LogStream};
+use oz_protocol::{ServerMessage, TaskAssignment, TaskClaimed, TaskCompleted, WorkerMessage};
+use serde_json::Value;
+use sse_support::{SseClient, SseEvent};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const FRAME_WAIT: Duration = Duration::from_secs(15);
+
+/// A worker that speaks the protocol by hand.
+struct FakeWorker {
+    ws: Ws,
+}
+
+impl FakeWorker {
+    async fn connect(server: &Server, worker_id: &str, key: &str) -> FakeWorker {
+        let mut req = format!(
+            "ws://{}/api/v1/selfhosted/worker/ws?worker_id={worker_id}",
+            server.addr
+        )
+        .into_client_request()
+        .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let (ws, _) = tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("handshake in time")
+            .expect("handshake accepted");
+        FakeWorker { ws }
+    }
+
+    /// The next frame from the server (pings are answered by tungstenite).
+    async fn recv(&mut self) -> ServerMessage {
+        loop {
+            let msg = tokio::time::timeout(FRAME_WAIT, self.ws.next())
+                .await
+                .expect("a frame from the server in time")
+                .expect("connection open")
+                .expect("frame");
+            if let Message::Text(text) = msg {
+                return ServerMessage::decode(text.as_str()).expect("a valid server frame");
+            }
+        }
+    }
+
+    async fn send(&mut self, msg: &WorkerMessage) {
+        self.ws
+            .send(Message::text(msg.encode()))
+            .await
+            .expect("send");
+    }
+
+    async fn expect_ack(&mut self, task_id: &str) -> u64 {
+        match self.recv().await {
+            ServerMessage::LogAck(a) => {
+                assert_eq!(a.task_id, task_id);
+                a.seq
+            }
+            other => panic!("expected log_ack, got {other:?}"),
+        }
+    }
+}
+
+fn lines(task_id: &str, lines: Vec<LogLine>) -> WorkerMessage {
+    WorkerMessage::LogLines(LogLines {
+        task_id: task_id.to_owned(),
+        execution_id: None,
+        lines,
+    })
+}
+
+fn line(seq: u64, phase: LogPhase, bytes: &[u8]) -> LogLine {
+    LogLine::new(
+        seq,
+        format!("2026-03-01T12:00:{seq:02}.000000Z"),
+        LogStream::Stdout,
+        phase,
+        bytes,
+        true,
+    )
+}
+
+fn page_lines(v: &Value) -> Vec<LogLine> {
+    serde_json::from_value(v["lines"].clone()).expect("lines of LogLine")
+}
+
+fn seqs(events: &[SseEvent]) -> Vec<u64> {
+    events.iter().map(SseEvent::seq).collect()
+}
+
+#[tokio::test]
+async fn fake_worker_streams_logs_through_the_real_server() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]).await;
+    let key = server.create_key("worker", "fake worker").await;
+    let mut worker = FakeWorker::connect(&server, "fake", &key).await;
+
+    // 1. The hello announces the logs extension.
+    match worker.recv().await {
+        ServerMessage::ServerHello(h) => {
+            assert!(
+                h.has(oz_protocol::ext::LOGS),
+                "extensions: {:?}",
+                h.extensions
+            );
+            assert!(h.has(oz_protocol::ext::WORKER_STATUS));
+        }
+        other => panic!("expected server_hello first, got {other:?}"),
+    }
+
+    // 2. The assignment names its secrets.
+    let run_id = server.submit("log something", Some("fake")).await;
+    let assignment: TaskAssignment = match worker.recv().await {
+        ServerMessage::TaskAssignment(a) => *a,
+        other => panic!("expected task_assignment, got {other:?}"),
+    };
+    assert_eq!(assignment.task_id, run_id);
+    assert_eq!(assignment.secret_env_vars, vec!["WARP_API_KEY".to_owned()]);
+    let run_token = assignment
+        .env_vars
+        .get("WARP_API_KEY")
+        .cloned()
+        .expect("a run token");
+
+    // A reader follows the run from before its first line.
+    let stream_path = format!("/api/v1/agent/runs/{run_id}/logs/stream");
+    let mut follower =
+        SseClient::connect(&server.addr, &stream_path, Some(&server.admin_key), &[]).await;
+    assert_eq!(follower.status, 200);
+
+    worker
+        .send(&WorkerMessage::TaskClaimed(TaskClaimed {
+            task_id: run_id.clone(),
+            worker_id: "fake".into(),
+        }))
+        .await;
+    server.wait_running(&run_id).await;
+
+    // 3. Two frames, each acknowledged with its highest seq; a repeated frame
+    // is acknowledged again and stored once.
+    let binary = [b'b', 0xff, 0x00, 0xfe];
+    let first = vec![
+        line(1, LogPhase::Setup, b"cloning"),
+        line(2, LogPhase::Agent, b"thinking"),
+        line(3, LogPhase::Agent, &binary),
+    ];
+    let second = vec![
+        line(4, LogPhase::Agent, "done ✓".as_bytes()),
+        LogLine::gap(
+            5,
+            "2026-03-01T12:00:05.000000Z".into(),
+            LogStream::Stderr,
+            LogPhase::Teardown,
+            10,
+        ),
+    ];
+    worker.send(&lines(&run_id, first.clone())).await;
+    assert_eq!(worker.expect_ack(&run_id).await, 3);
+    worker.send(&lines(&run_id, second.clone())).await;
+    assert_eq!(worker.expect_ack(&run_id).await, 5);
+    worker.send(&lines(&run_id, first.clone())).await;
+    assert_eq!(
+        worker.expect_ack(&run_id).await,
+        3,
+        "a repeated frame is acknowledged again"
+    );
+
+    // While the run lives, its own token reads its log.
+    let r = server
+        .call(
+            "GET",
+            &format!("/api/v1/agent/runs/{run_id}/logs"),
+            Some(&run_token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["complete"], false);
+    assert_eq!(page_lines(&r.json()).len(), 5);
+
+    // 4. The end: log_end, then the result.
+    worker
+        .send(&WorkerMessage::LogEnd(LogEnd {
+            task_id: run_id.clone(),
+            last_seq: 5,
+        }))
+        .await;
+    worker
+        .send(&WorkerMessage::TaskCompleted(TaskCompleted {
+            task_id: run_id.clone(),
+            message: oz_protocol::MSG_COMPLETED.into(),
+            task_state: None,
+        }))
+        .await;
+    let run = server.wait_terminal(&run_id, WAIT).await;
+    assert_eq!(run["state"], "SUCCEEDED", "{run}");
+
+    // 5. Stored exactly once, in order, byte for byte.
+    let expected: Vec<LogLine> = first.iter().chain(second.iter()).cloned().collect();
+    let r = server
+        .get(&format!("/api/v1/agent/runs/{run_id}/logs"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(page_lines(&v), expected);
+    assert_eq!(page_lines(&v)[2].bytes(), binary);
+    assert_eq!(v["complete"], true, "{v}");
+    assert_eq!(v["has_more"], false);
+    assert_eq!(v["next_seq"], 5);
+    assert_eq!(v["state"], "SUCCEEDED");
+    let r = server
+        .get(&format!(
+            "/api/v1/agent/runs/{run_id}/logs?since_seq=2&limit=2"
+        ))
+        .await;
+    let v = r.json();
+    assert_eq!(
+        page_lines(&v).iter().map(|l| l.seq).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert_eq!(v["has_more"], true);
+
+    // 6. The live follower saw every line once, then the end.
+    let (got, end) = follower.until_end(WAIT).await;
+    assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5]);
+    let got: Vec<LogLine> = got
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    assert_eq!(got, expected);
+    let end = end.expect("an end event").json();
+    assert_eq!(end["state"], "SUCCEEDED");
+    assert_eq!(end["status_message"]["message"], oz_protocol::MSG_COMPLETED);
+    assert!(follower.next(WAIT).await.is_none(), "closed after end");
+
+    // 7. A reader that comes later gets the backlog and the end; one that
+    // resumes gets only what it missed.
+    let mut late =
+        SseClient::connect(&server.addr, &stream_path, Some(&server.admin_key), &[]).await;
+    let (got, end) = late.until_end(WAIT).await;
+    assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5]);
+    assert!(end.is_some());
+    let mut resumed = SseClient::connect(
+        &server.addr,
+        &stream_path,
+        Some(&server.admin_key),
+        &[("Last-Event-ID", "4")],
+    )
+    .await;
+    let (got, end) = resumed.until_end(WAIT).await;
+    assert_eq!(seqs(&got), vec![5]);
+    assert!(end.is_some());
+    let mut agent_only = SseClient::connect(
+        &server.addr,
+        &format!("{stream_path}?phase=agent"),
+        Some(&server.admin_key),
+        &[],
+    )
+    .await;
+    let (got, _) = agent_only.until_end(WAIT).await;
+    assert_eq!(seqs(&got), vec![2, 3, 4]);
+}
+
+#[tokio::test]
+async fn log_frames_for_unknown_runs_are_not_acknowledged() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]).await;
+    let key = server.create_key("worker", "fake worker").await;
+    let mut worker = FakeWorker::connect(&server, "fake", &key).await;
+    assert!(matches!(worker.recv().await, ServerMessage::ServerHello(_)));
+
+    worker
+        .send(&lines("no-such-run", vec![line(1, LogPhase::Agent, b"x")]))
+        .await;
+    worker
+        .send(&lines("", vec![line(1, LogPhase::Agent, b"x")]))
+        .await;
+    // Then a run of its own: after the assignment, its ack is the next frame.
+    let mine = server.submit("mine", Some("fake")).await;
+    let ServerMessage::TaskAssignment(a) = worker.recv().await else {
+        panic!("expected the assignment");
+    };
+    assert_eq!(a.task_id, mine);
+    worker
+        .send(&lines(&mine, vec![line(1, LogPhase::Agent, b"y")]))
+        .await;
+    assert_eq!(worker.expect_ack(&mine).await, 1);
+    let r = server.get("/api/v1/agent/runs/no-such-run/logs").await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn log_retention_setting_is_parsed() {
+    let sb = Sandbox::new();
+    let out = tokio::process::Command::new(e2e_support::server_bin())
+        .args(["--log-retention", "soon", "--data-dir"])
+        .arg(sb.data_dir())
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("OZ_CONFIG")
+        .env_remove("OZ_LOG_RETENTION")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("log_retention"), "{err}");
+
+    let mut server = Server::start(&sb, &["--log-retention", "0s"]).await;
+    assert!(server.log().contains("forever"), "{}", server.log());
+    server.stop().await;
+    let config = sb.path().join("server.yaml");
+    std::fs::write(&config, "log_retention: 36h\n").unwrap();
+    let config = config.display().to_string();
+    let mut server = Server::start(&sb, &["--config", &config]).await;
+    assert!(server.log().contains("1day 12h"), "{}", server.log());
+    server.stop().await;
+}

@@ -1,0 +1,1161 @@
+//! The worker's durable state, under `state_dir`:
+//!
+//! - `spool/<task_id>.jsonl`: the task's output, one JSON [`LogLine`] per
+//!   line, appended as it is read and before anything is sent. Lines leave
+//!   the file once the control plane has acknowledged them (`log_ack`); the
+//!   file is deleted when the whole log is acknowledged.
+//! - `results/<task_id>.json`: the terminal frame of a finished task,
+//!   journaled before it is queued and deleted once written to the socket,
+//!   so that a restarted worker still delivers it.
+//! - `lock`: an exclusive `flock`, so two workers never share a state dir.
+//!
+//! The connection takes its log frames from here, in the order the `logs`
+//! extension requires: a task's lines in seq order, then `log_end`, then the
+//! task's terminal frame. On a connection without `logs` the terminal frame
+//! goes out at once and the task's lines are discarded.
+//!
+//! Bound: when the unacknowledged part of a task's spool file grows past
+//! `log_spool_limit`, its oldest lines that never went out are replaced by
+//! one gap marker carrying the number of bytes dropped, and the file is
+//! compacted to half the limit. Lines already written to some connection
+//! and not yet acknowledged are kept: the server may have stored them, and
+//! a marker with their seq would be dropped as a duplicate. That window is
+//! at most a quarter of the limit (plus one batch).
+//!
+//! Memory: nothing but offsets is kept per task; batches are read from the
+//! file when they are sent.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use oz_protocol::WorkerMessage;
+use oz_protocol::logs::{LogEnd, LogLine, LogLines, LogPhase, LogStream};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// Most line data (spool bytes) in one `log_lines` frame.
+pub const BATCH_BYTES: u64 = 256 * 1024;
+/// Most spool bytes of one task written to a connection and not yet
+/// acknowledged; sending pauses above it until an ack arrives.
+pub const IN_FLIGHT_BYTES: u64 = 1024 * 1024;
+/// Room kept for the gap marker when compacting.
+const MARKER_RESERVE: u64 = 256;
+
+pub const SPOOL_DIR: &str = "spool";
+pub const RESULTS_DIR: &str = "results";
+pub const LOCK_FILE: &str = "lock";
+
+/// One piece of output ready to be spooled: a line, or a piece of a long one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub bytes: Vec<u8>,
+    /// The original line ended here with `\n`.
+    pub newline: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    // The OS error is in the message, not a `source`: the top-level report
+    // prints the chain and would repeat it.
+    #[error(
+        "state_dir {path} cannot be used: {error}; create it and give the worker's user write access, or set --state-dir / state_dir"
+    )]
+    Unusable { path: PathBuf, error: io::Error },
+    #[error(
+        "state_dir {path} is in use by another oz-agent-worker process (it holds {lock}); give every worker its own --state-dir"
+    )]
+    Locked { path: PathBuf, lock: PathBuf },
+}
+
+/// Create `state_dir` (mode 0700 when we create it) with its `spool/` and
+/// `results/` subdirectories (always 0700), and prove we can write there.
+pub fn prepare_state_dir(dir: &Path) -> Result<(), StateDirError> {
+    let unusable = |error| StateDirError::Unusable {
+        path: dir.to_owned(),
+        error,
+    };
+    if !dir.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(unusable)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(unusable)?;
+    }
+    for sub in [SPOOL_DIR, RESULTS_DIR] {
+        let p = dir.join(sub);
+        if !p.is_dir() {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&p)
+                .map_err(unusable)?;
+        }
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).map_err(unusable)?;
+    }
+    let probe = dir
+        .join(SPOOL_DIR)
+        .join(format!(".oz-probe-{}", std::process::id()));
+    File::create(&probe).map_err(unusable)?;
+    fs::remove_file(&probe).map_err(unusable)
+}
+
+/// What `results/<task_id>.json` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    task_id: String,
+    /// The task's last log seq (0: it wrote nothing).
+    last_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    execution_id: Option<String>,
+    frame: WorkerMessage,
+}
+
+/// Output lost to a failed spool write, reported by the next gap marker.
+#[derive(Debug, Clone, Copy)]
+struct Lost {
+    bytes: u64,
+    stream: LogStream,
+    phase: LogPhase,
+}
+
+/// One task's spool. Offsets are byte offsets in its file, with
+/// `base <= send <= protect <= len`: `base` is the first unacknowledged
+/// byte, `send` the next byte to send on this connection, `protect` the end
+/// of what went out on any connection (never dropped by the bound), `len`
+/// the file length.
+#[derive(Debug)]
+struct Entry {
+    path: PathBuf,
+    execution_id: Option<String>,
+    writer: Option<File>,
+    len: u64,
+    base: u64,
+    send: u64,
+    protect: u64,
+    /// Batches sent on this connection: (last seq, end offset).
+    flights: VecDeque<(u64, u64)>,
+    last_seq: u64,
+    acked: u64,
+    /// No more lines will come (the task ended, or it is a leftover).
+    finished: bool,
+    end_sent: bool,
+    /// The terminal frame, held until the log before it was sent.
+    result: Option<WorkerMessage>,
+    lost: Option<Lost>,
+    warned: bool,
+}
+
+impl Entry {
+    fn new(path: PathBuf) -> Self {
+        Entry {
+            path,
+            execution_id: None,
+            writer: None,
+            len: 0,
+            base: 0,
+            send: 0,
+            protect: 0,
+            flights: VecDeque::new(),
+            last_seq: 0,
+            acked: 0,
+            finished: false,
+            end_sent: false,
+            result: None,
+            lost: None,
+            warned: false,
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.writer.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&self.path)?;
+            self.writer = Some(f);
+        }
+        let Some(w) = self.writer.as_mut() else {
+            return Err(io::Error::other("spool file not open"));
+        };
+        match w.write_all(buf) {
+            Ok(()) => {
+                self.len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Never leave half a line behind.
+                let _ = w.set_len(self.len);
+                self.writer = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_acks(&mut self) {
+        while let Some(&(last, end)) = self.flights.front() {
+            if last > self.acked {
+                break;
+            }
+            self.base = self.base.max(end);
+            self.flights.pop_front();
+        }
+        self.protect = self.protect.max(self.base);
+        self.send = self.send.max(self.base);
+    }
+
+    /// Forget the file's content (v1 connection, or an unreadable file).
+    fn discard(&mut self) {
+        self.writer = None;
+        remove_quietly(&self.path);
+        self.len = 0;
+        self.base = 0;
+        self.send = 0;
+        self.protect = 0;
+        self.flights.clear();
+    }
+
+    fn done(&self) -> bool {
+        self.finished && self.end_sent && self.result.is_none() && self.acked >= self.last_seq
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tasks: HashMap<String, Entry>,
+    /// Round-robin order of the tasks for sending.
+    order: VecDeque<String>,
+}
+
+impl Inner {
+    fn entry(&mut self, task_id: &str, spool_dir: &Path) -> &mut Entry {
+        if !self.tasks.contains_key(task_id) {
+            self.order.push_back(task_id.to_owned());
+        }
+        self.tasks
+            .entry(task_id.to_owned())
+            .or_insert_with(|| Entry::new(spool_dir.join(format!("{task_id}.jsonl"))))
+    }
+
+    fn remove(&mut self, task_id: &str) {
+        self.tasks.remove(task_id);
+        self.order.retain(|t| t != task_id);
+    }
+}
+
+/// The log spool and result journal; shared by the task readers (which
+/// append), the supervisor (which finishes tasks) and the connection (which
+/// sends and applies acks).
+#[derive(Debug)]
+pub struct Spool {
+    spool_dir: PathBuf,
+    results_dir: PathBuf,
+    limit: u64,
+    batch: u64,
+    window: u64,
+    inner: Mutex<Inner>,
+    notify: Notify,
+    _lock: Flock<File>,
+}
+
+impl Spool {
+    /// Prepare and lock `state_dir`, and load what an earlier process left
+    /// there: its spooled lines and undelivered results are sent again once
+    /// connected.
+    pub fn open(state_dir: &Path, limit: u64) -> Result<Spool, StateDirError> {
+        prepare_state_dir(state_dir)?;
+        let unusable = |error| StateDirError::Unusable {
+            path: state_dir.to_owned(),
+            error,
+        };
+        let lock_path = state_dir.join(LOCK_FILE);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(unusable)?;
+        let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(StateDirError::Locked {
+                    path: state_dir.to_owned(),
+                    lock: lock_path,
+                });
+            }
+            Err((_, e)) => return Err(unusable(io::Error::from(e))),
+        };
+        let spool = Spool {
+            spool_dir: state_dir.join(SPOOL_DIR),
+            results_dir: state_dir.join(RESULTS_DIR),
+            limit,
+            batch: BATCH_BYTES.min(limit / 8).max(1),
+            window: IN_FLIGHT_BYTES.min(limit / 4).max(1),
+            inner: Mutex::new(Inner::default()),
+            notify: Notify::new(),
+            _lock: lock,
+        };
+        spool.load().map_err(unusable)?;
+        Ok(spool)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn journal_path(&self, task_id: &str) -> PathBuf {
+        self.results_dir.join(format!("{task_id}.json"))
+    }
+
+    /// Completes when something may have become sendable (new lines, a
+    /// finished task, an ack).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// Tasks whose log or result is left from an earlier process.
+    pub fn leftovers(&self) -> (usize, usize) {
+        let inner = self.lock();
+        let logs = inner.tasks.values().filter(|e| e.len > 0).count();
+        let results = inner.tasks.values().filter(|e| e.result.is_some()).count();
+        (logs, results)
+    }
+
+    fn load(&self) -> io::Result<()> {
+        let mut inner = self.lock();
+        for dirent in fs::read_dir(&self.spool_dir)? {
+            let path = dirent?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.ends_with(".tmp") {
+                remove_quietly(&path);
+                continue;
+            }
+            let Some(task_id) = name
+                .strip_suffix(".jsonl")
+                .filter(|t| oz_protocol::is_safe_path_component(t))
+            else {
+                continue;
+            };
+            match scan(&path) {
+                Ok((0, _)) => remove_quietly(&path),
+                Ok((len, last_seq)) => {
+                    let e = inner.entry(task_id, &self.spool_dir);
+                    e.len = len;
+                    e.last_seq = last_seq;
+                    e.finished = true;
+                }
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot read a spooled task log; leaving it alone")
+                }
+            }
+        }
+        for dirent in fs::read_dir(&self.results_dir)? {
+            let path = dirent?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.ends_with(".tmp") {
+                remove_quietly(&path);
+                continue;
+            }
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let journal = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Journal>(&b).map_err(|e| e.to_string()));
+            let j = match journal {
+                Ok(j)
+                    if oz_protocol::is_safe_path_component(&j.task_id)
+                        && j.frame.is_terminal()
+                        && j.frame.task_id() == j.task_id =>
+                {
+                    j
+                }
+                Ok(_) => {
+                    tracing::warn!(path = %path.display(), "ignoring a result journal that does not hold a terminal frame");
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "ignoring an unreadable result journal");
+                    continue;
+                }
+            };
+            let e = inner.entry(&j.task_id, &self.spool_dir);
+            e.last_seq = e.last_seq.max(j.last_seq);
+            e.execution_id = j.execution_id;
+            e.finished = true;
+            e.result = Some(j.frame);
+        }
+        Ok(())
+    }
+
+    /// A task starts: its lines will be appended from now on. A leftover of
+    /// an earlier execution of the same task id keeps its lines, and the
+    /// numbering continues after them.
+    pub fn begin(&self, task_id: &str, execution_id: Option<String>) {
+        let mut inner = self.lock();
+        let journal = self.journal_path(task_id);
+        let e = inner.entry(task_id, &self.spool_dir);
+        if e.finished {
+            if e.result.take().is_some() {
+                tracing::warn!(
+                    run_id = task_id,
+                    "the task was assigned again before the result of its earlier execution was delivered; that result is dropped"
+                );
+                remove_quietly(&journal);
+            }
+            e.finished = false;
+            e.end_sent = false;
+        }
+        e.execution_id = execution_id;
+    }
+
+    /// Append output of a task; seqs are assigned here, in call order.
+    pub fn append(
+        &self,
+        task_id: &str,
+        stream: LogStream,
+        phase: LogPhase,
+        ts: &str,
+        pieces: &[Piece],
+    ) {
+        if pieces.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        let e = inner.entry(task_id, &self.spool_dir);
+        if e.finished {
+            // Lines after the end would follow log_end; they cannot be shown.
+            return;
+        }
+        let mut buf = Vec::new();
+        let mut seq = e.last_seq;
+        if let Some(lost) = e.lost {
+            seq += 1;
+            push_json(
+                &mut buf,
+                &LogLine::gap(seq, ts.to_owned(), lost.stream, lost.phase, lost.bytes),
+            );
+        }
+        for p in pieces {
+            seq += 1;
+            push_json(
+                &mut buf,
+                &LogLine::new(seq, ts.to_owned(), stream, phase, &p.bytes, p.newline),
+            );
+        }
+        match e.write(&buf) {
+            Ok(()) => {
+                e.last_seq = seq;
+                e.lost = None;
+            }
+            Err(err) => {
+                let raw: u64 = pieces
+                    .iter()
+                    .map(|p| p.bytes.len() as u64 + u64::from(p.newline))
+                    .sum();
+                e.lost
+                    .get_or_insert(Lost {
+                        bytes: 0,
+                        stream,
+                        phase,
+                    })
+                    .bytes += raw;
+                if !e.warned {
+                    e.warned = true;
+                    tracing::warn!(run_id = task_id, error = %err, "cannot write the task's output to the log spool; it is lost and a gap marker will say so");
+                }
+            }
+        }
+        // Over the bound: drop the oldest unsent lines. A large acknowledged
+        // prefix: rewrite the file without it.
+        let compaction = if e.len - e.base > self.limit {
+            Some(Some(self.limit / 2))
+        } else if e.base > 0 && e.base >= self.limit / 2 {
+            Some(None)
+        } else {
+            None
+        };
+        if let Some(drop_to) = compaction
+            && let Err(err) = rewrite(e, drop_to, task_id, self.limit)
+        {
+            tracing::warn!(run_id = task_id, error = %err, "cannot compact the log spool");
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// The task ended: journal its terminal frame (before anyone can send
+    /// it) and hold it until its log was sent.
+    pub fn finish(&self, task_id: &str, execution_id: Option<String>, frame: WorkerMessage) {
+        let mut inner = self.lock();
+        let journal_path = self.journal_path(task_id);
+        let e = inner.entry(task_id, &self.spool_dir);
+        if let Some(lost) = e.lost {
+            let mut buf = Vec::new();
+            push_json(
+                &mut buf,
+                &LogLine::gap(e.last_seq + 1, now(), lost.stream, lost.phase, lost.bytes),
+            );
+            if e.write(&buf).is_ok() {
+                e.last_seq += 1;
+                e.lost = None;
+            }
+        }
+        e.writer = None;
+        e.finished = true;
+        e.end_sent = false;
+        if execution_id.is_some() {
+            e.execution_id = execution_id;
+        }
+        let journal = Journal {
+            task_id: task_id.to_owned(),
+            last_seq: e.last_seq,
+            execution_id: e.execution_id.clone(),
+            frame: frame.clone(),
+        };
+        if let Err(err) = write_atomically(&journal_path, &journal) {
+            tracing::error!(run_id = task_id, error = %err, path = %journal_path.display(), "cannot journal the task's result; it is kept in memory only");
+        }
+        e.result = Some(frame);
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// `log_ack`: every line of the task up to `seq` is stored.
+    pub fn ack(&self, task_id: &str, seq: u64) {
+        let mut inner = self.lock();
+        let Some(e) = inner.tasks.get_mut(task_id) else {
+            return;
+        };
+        e.acked = e.acked.max(seq);
+        e.apply_acks();
+        if e.base == e.len && e.len > 0 {
+            // Everything is stored: empty the file (cheap, no rewrite).
+            let truncated = match &e.writer {
+                Some(w) => w.set_len(0),
+                None => OpenOptions::new()
+                    .write(true)
+                    .open(&e.path)
+                    .and_then(|f| f.set_len(0)),
+            };
+            if truncated.is_ok() {
+                e.len = 0;
+                e.base = 0;
+                e.send = 0;
+                e.protect = 0;
+                e.flights.clear();
+            }
+        }
+        if e.done() {
+            remove_quietly(&e.path);
+            inner.remove(task_id);
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// A new connection: everything not acknowledged goes out again.
+    pub fn reset_sending(&self) {
+        let mut inner = self.lock();
+        for e in inner.tasks.values_mut() {
+            e.send = e.base;
+            e.flights.clear();
+            e.end_sent = false;
+        }
+    }
+
+    /// The next frame to write, tasks taken in turn. With `logs`, a task's
+    /// lines, then its `log_end`, then its terminal frame; without, only
+    /// terminal frames of finished tasks, whose logs are discarded. After
+    /// writing a terminal frame, call [`Spool::written`].
+    pub fn next_frame(&self, logs: bool) -> Option<WorkerMessage> {
+        let mut inner = self.lock();
+        for _ in 0..inner.order.len() {
+            let Some(id) = inner.order.pop_front() else {
+                break;
+            };
+            inner.order.push_back(id.clone());
+            let Some(e) = inner.tasks.get_mut(&id) else {
+                continue;
+            };
+            let step = if logs {
+                self.next_logs(&id, e)
+            } else {
+                next_v1(e)
+            };
+            match step {
+                Step::Frame(m) => return Some(m),
+                Step::Nothing => {}
+                Step::Remove => inner.remove(&id),
+            }
+        }
+        None
+    }
+
+    fn next_logs(&self, task_id: &str, e: &mut Entry) -> Step {
+        while e.send < e.len && e.send - e.base < self.window {
+            match read_batch(e, self.batch) {
+                Ok(lines) if lines.is_empty() => continue,
+                Ok(lines) => {
+                    return Step::Frame(WorkerMessage::LogLines(LogLines {
+                        task_id: task_id.to_owned(),
+                        execution_id: e.execution_id.clone(),
+                        lines,
+                    }));
+                }
+                Err(err) => {
+                    tracing::warn!(run_id = task_id, error = %err, "cannot read the log spool; its unsent lines are lost");
+                    e.discard();
+                    break;
+                }
+            }
+        }
+        if !e.finished || e.send < e.len {
+            return Step::Nothing;
+        }
+        if !e.end_sent {
+            e.end_sent = true;
+            return Step::Frame(WorkerMessage::LogEnd(LogEnd {
+                task_id: task_id.to_owned(),
+                last_seq: e.last_seq,
+            }));
+        }
+        if let Some(r) = &e.result {
+            return Step::Frame(r.clone());
+        }
+        if e.done() {
+            remove_quietly(&e.path);
+            return Step::Remove;
+        }
+        Step::Nothing
+    }
+
+    /// The terminal frame of `task_id` was written to the socket.
+    pub fn written(&self, task_id: &str, logs: bool) {
+        let mut inner = self.lock();
+        remove_quietly(&self.journal_path(task_id));
+        let Some(e) = inner.tasks.get_mut(task_id) else {
+            return;
+        };
+        e.result = None;
+        if !logs || e.done() {
+            e.discard();
+            inner.remove(task_id);
+        }
+    }
+
+    /// Terminal frames not yet written.
+    pub fn undelivered(&self) -> usize {
+        self.lock()
+            .tasks
+            .values()
+            .filter(|e| e.result.is_some())
+            .count()
+    }
+
+    /// Lines written to this connection and not yet acknowledged.
+    pub fn awaiting_acks(&self) -> bool {
+        self.lock().tasks.values().any(|e| e.send > e.base)
+    }
+}
+
+enum Step {
+    Frame(WorkerMessage),
+    Nothing,
+    Remove,
+}
+
+fn next_v1(e: &mut Entry) -> Step {
+    if !e.finished {
+        return Step::Nothing;
+    }
+    e.discard();
+    match &e.result {
+        Some(r) => Step::Frame(r.clone()),
+        None => Step::Remove,
+    }
+}
+
+/// Read the next batch at `send`; lines already acknowledged are skipped.
+fn read_batch(e: &mut Entry, batch: u64) -> io::Result<Vec<LogLine>> {
+    let mut f = File::open(&e.path)?;
+    f.seek(SeekFrom::Start(e.send))?;
+    let mut r = BufReader::new(f.take(e.len - e.send));
+    let mut lines = Vec::new();
+    let mut raw = Vec::new();
+    let mut off = e.send;
+    let mut last = 0;
+    while off < e.len && off - e.send < batch {
+        raw.clear();
+        let n = r.read_until(b'\n', &mut raw)?;
+        if n == 0 {
+            break;
+        }
+        off += n as u64;
+        match serde_json::from_slice::<LogLine>(&raw) {
+            Ok(l) => {
+                last = last.max(l.seq);
+                if l.seq > e.acked {
+                    lines.push(l);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "skipping an unreadable line of the log spool")
+            }
+        }
+    }
+    if off == e.send {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "spool file shorter than expected",
+        ));
+    }
+    e.send = off;
+    e.protect = e.protect.max(off);
+    e.flights.push_back((last, off));
+    e.apply_acks();
+    Ok(lines)
+}
+
+/// Rewrite the file without its acknowledged prefix and, with `drop_to`,
+/// without enough of its oldest never-sent lines to fit in `drop_to` bytes;
+/// those become one gap marker with the seq of the first one dropped.
+fn rewrite(e: &mut Entry, drop_to: Option<u64>, task_id: &str, limit: u64) -> io::Result<()> {
+    let tmp = e.path.with_extension("jsonl.tmp");
+    let result = (|| {
+        let mut src = BufReader::new(File::open(&e.path)?);
+        src.seek(SeekFrom::Start(e.base))?;
+        let mut out = BufWriter::new(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?,
+        );
+        let head = e.protect.min(e.len) - e.base;
+        io::copy(&mut (&mut src).take(head), &mut out)?;
+        let mut off = e.base + head;
+        let mut marker = Vec::new();
+        if let Some(target) = drop_to {
+            let budget = target.saturating_sub(head + MARKER_RESERVE);
+            let mut first: Option<(u64, LogStream, LogPhase)> = None;
+            let mut dropped = 0u64;
+            let mut line = Vec::new();
+            while e.len - off > budget {
+                line.clear();
+                let n = src.read_until(b'\n', &mut line)?;
+                if n == 0 {
+                    break;
+                }
+                off += n as u64;
+                if let Ok(l) = serde_json::from_slice::<LogLine>(&line) {
+                    first.get_or_insert((l.seq, l.stream, l.phase));
+                    dropped += l.gap_bytes.unwrap_or(0) + l.raw().len() as u64;
+                }
+            }
+            if let Some((seq, stream, phase)) = first {
+                push_json(
+                    &mut marker,
+                    &LogLine::gap(seq, now(), stream, phase, dropped),
+                );
+                out.write_all(&marker)?;
+                tracing::warn!(
+                    run_id = task_id,
+                    dropped_bytes = dropped,
+                    limit,
+                    "the task's unacknowledged output exceeds log_spool_limit; its oldest unsent lines were dropped"
+                );
+            }
+        }
+        let rest = e.len - off;
+        let copied = io::copy(&mut (&mut src).take(rest), &mut out)?;
+        if copied != rest {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "spool file shorter than expected",
+            ));
+        }
+        out.flush()?;
+        drop(out);
+        fs::rename(&tmp, &e.path)?;
+        Ok((head + marker.len() as u64 + rest, head))
+    })();
+    match result {
+        Ok((new_len, head)) => {
+            let shift = e.base;
+            e.len = new_len;
+            e.base = 0;
+            e.send -= shift;
+            e.protect = head;
+            for f in &mut e.flights {
+                f.1 -= shift;
+            }
+            e.writer = None;
+            Ok(())
+        }
+        Err(err) => {
+            remove_quietly(&tmp);
+            Err(err)
+        }
+    }
+}
+
+/// Length of the valid part of a spool file and its last seq; a torn last
+/// line (a crash in the middle of a write) is cut off.
+fn scan(path: &Path) -> io::Result<(u64, u64)> {
+    let f = File::open(path)?;
+    let total = f.metadata()?.len();
+    let mut r = BufReader::new(f);
+    let mut good = 0u64;
+    let mut last = 0u64;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        match serde_json::from_slice::<LogLine>(&line) {
+            Ok(l) => {
+                good += n as u64;
+                last = last.max(l.seq);
+            }
+            Err(_) => break,
+        }
+    }
+    if good < total {
+        tracing::warn!(path = %path.display(), kept = good, size = total, "cutting an incomplete or unreadable tail off a spooled task log");
+        OpenOptions::new().write(true).open(path)?.set_len(good)?;
+    }
+    Ok((good, last))
+}
+
+fn push_json(buf: &mut Vec<u8>, line: &LogLine) {
+    let start = buf.len();
+    if serde_json::to_writer(&mut *buf, line).is_ok() {
+        buf.push(b'\n');
+    } else {
+        buf.truncate(start);
+    }
+}
+
+fn write_atomically(path: &Path, value: &impl Serialize) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_data()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        remove_quietly(&tmp);
+    }
+    written
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(e) = fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove file");
+    }
+}
+
+/// RFC 3339 UTC with microseconds, the store's timestamp format.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oz_protocol::{MSG_COMPLETED, TaskCompleted};
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn line(n: usize, fill: u8) -> Piece {
+        Piece {
+            bytes: vec![fill; n],
+            newline: true,
+        }
+    }
+
+    fn completed(task_id: &str) -> WorkerMessage {
+        WorkerMessage::TaskCompleted(TaskCompleted {
+            task_id: task_id.into(),
+            message: MSG_COMPLETED.into(),
+            task_state: None,
+        })
+    }
+
+    fn append(s: &Spool, task: &str, pieces: &[Piece]) {
+        s.append(task, LogStream::Stdout, LogPhase::Agent, "ts", pieces);
+    }
+
+    /// Every frame `next_frame` gives now, acking each batch when `ack`.
+    fn drain(s: &Spool, logs: bool, ack: bool) -> Vec<WorkerMessage> {
+        let mut out = Vec::new();
+        while let Some(m) = s.next_frame(logs) {
+            match &m {
+                WorkerMessage::LogLines(l) if ack => {
+                    s.ack(&l.task_id, l.lines.last().map_or(0, |l| l.seq))
+                }
+                m if m.is_terminal() => s.written(m.task_id(), logs),
+                _ => {}
+            }
+            out.push(m);
+        }
+        out
+    }
+
+    fn lines_of(frames: &[WorkerMessage]) -> Vec<LogLine> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                WorkerMessage::LogLines(l) => Some(l.lines.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn lines_then_end_then_terminal_and_acks_clean_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+        s.begin("t1", Some("e1".into()));
+        append(&s, "t1", &[line(10, b'a'), line(20, b'b')]);
+        append(&s, "t1", &[line(30, b'c')]);
+        // Not finished: only lines.
+        let f = drain(&s, true, false);
+        assert_eq!(f.len(), 1);
+        s.finish("t1", Some("e1".into()), completed("t1"));
+        assert_eq!(files(&dir.path().join(RESULTS_DIR)), ["t1.json"]);
+        let f = drain(&s, true, false);
+        assert!(matches!(&f[0], WorkerMessage::LogEnd(e) if e.last_seq == 3));
+        assert!(f[1].is_terminal());
+        assert_eq!(f.len(), 2);
+        assert!(files(&dir.path().join(RESULTS_DIR)).is_empty());
+        // Lines wait for their ack; then the spool file goes.
+        assert_eq!(files(&dir.path().join(SPOOL_DIR)), ["t1.jsonl"]);
+        assert!(s.awaiting_acks());
+        s.ack("t1", 3);
+        assert!(files(&dir.path().join(SPOOL_DIR)).is_empty());
+        assert!(drain(&s, true, false).is_empty());
+        assert_eq!(s.undelivered(), 0);
+    }
+
+    #[test]
+    fn a_reconnect_resends_what_was_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+        s.begin("t", None);
+        for i in 0..100u8 {
+            append(&s, "t", &[line(1000, b'0' + i % 10)]);
+        }
+        let first = lines_of(&drain(&s, true, false));
+        assert_eq!(first.len(), 100);
+        s.ack("t", 40);
+        s.reset_sending();
+        let again = lines_of(&drain(&s, true, true));
+        // Whole batches are resent; nothing acknowledged is.
+        assert!(again.iter().all(|l| l.seq > 40));
+        assert_eq!(again.last().unwrap().seq, 100);
+        let seqs: Vec<u64> = again.iter().map(|l| l.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    #[test]
+    fn the_in_flight_window_bounds_what_is_sent_before_an_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+        s.begin("t", None);
+        for _ in 0..400 {
+            append(&s, "t", &[line(10_000, b'x')]);
+        }
+        let f = drain(&s, true, false);
+        let bytes: usize = lines_of(&f).iter().map(|l| l.bytes().len()).sum();
+        assert!(bytes <= (IN_FLIGHT_BYTES + BATCH_BYTES) as usize, "{bytes}");
+        assert!(f.iter().all(|m| match m {
+            WorkerMessage::LogLines(l) =>
+                l.lines.iter().map(LogLine::approx_size).sum::<usize>() <= 2 * BATCH_BYTES as usize,
+            _ => true,
+        }));
+        // Nothing more until an ack opens the window.
+        assert!(s.next_frame(true).is_none());
+        s.ack("t", lines_of(&f).last().unwrap().seq);
+        let rest = lines_of(&drain(&s, true, true));
+        assert_eq!(rest.last().unwrap().seq, 400);
+    }
+
+    #[test]
+    fn the_bound_drops_the_oldest_unsent_lines_behind_one_gap_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = MIB;
+        let s = Spool::open(dir.path(), limit).unwrap();
+        s.begin("t", None);
+        let total_lines = 3000u64;
+        for i in 0..total_lines {
+            append(&s, "t", &[line(999, b'a' + (i % 26) as u8)]);
+            let size = fs::metadata(dir.path().join(SPOOL_DIR).join("t.jsonl"))
+                .unwrap()
+                .len();
+            assert!(size <= limit + 2000, "spool grew to {size}");
+        }
+        s.finish("t", None, completed("t"));
+        let f = drain(&s, true, true);
+        let lines = lines_of(&f);
+        let gaps: Vec<&LogLine> = lines.iter().filter(|l| l.gap_bytes.is_some()).collect();
+        assert_eq!(gaps.len(), 1, "one marker for one contiguous loss");
+        let gap = gaps[0];
+        assert_eq!(
+            gap.seq, 1,
+            "the marker takes the seq of the first line dropped"
+        );
+        let kept: u64 = lines.iter().map(|l| l.raw().len() as u64).sum();
+        assert_eq!(kept + gap.gap_bytes.unwrap(), total_lines * 1000);
+        let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[1] > w[0]));
+        assert_eq!(*seqs.last().unwrap(), total_lines);
+        assert!(matches!(&f[f.len() - 2], WorkerMessage::LogEnd(e) if e.last_seq == total_lines));
+    }
+
+    #[test]
+    fn the_bound_keeps_lines_that_went_out_unacknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), MIB).unwrap();
+        s.begin("t", None);
+        for _ in 0..100 {
+            append(&s, "t", &[line(999, b'a')]);
+        }
+        let sent = lines_of(&drain(&s, true, false));
+        let last_sent = sent.last().unwrap().seq;
+        // The connection drops; much more output arrives meanwhile.
+        s.reset_sending();
+        for _ in 0..3000 {
+            append(&s, "t", &[line(999, b'b')]);
+        }
+        let again = lines_of(&drain(&s, true, true));
+        let seqs: Vec<u64> = again.iter().map(|l| l.seq).collect();
+        assert_eq!(
+            seqs[..last_sent as usize],
+            (1..=last_sent).collect::<Vec<_>>()[..]
+        );
+        let gap = &again[last_sent as usize];
+        assert_eq!(gap.seq, last_sent + 1);
+        assert!(gap.gap_bytes.unwrap() > 0);
+    }
+
+    #[test]
+    fn a_restart_replays_lines_end_and_result() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+            s.begin("t", Some("e".into()));
+            append(&s, "t", &[line(5, b'x'), line(6, b'y')]);
+            s.finish("t", Some("e".into()), completed("t"));
+            // A second worker on the same state dir is refused.
+            assert!(matches!(
+                Spool::open(dir.path(), 64 * MIB),
+                Err(StateDirError::Locked { .. })
+            ));
+            // Crashed mid-task, no result: lines and log_end only.
+            s.begin("u", None);
+            append(&s, "u", &[line(7, b'z')]);
+        }
+        // A torn last line from a crash in the middle of a write.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(SPOOL_DIR).join("u.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"seq\":2,\"ts\":").unwrap();
+        let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+        assert_eq!(s.leftovers(), (2, 1));
+        let f = drain(&s, true, true);
+        let t: Vec<&WorkerMessage> = f.iter().filter(|m| m.task_id() == "t").collect();
+        assert!(
+            matches!(t[0], WorkerMessage::LogLines(l) if l.lines.len() == 2 && l.execution_id.as_deref() == Some("e"))
+        );
+        assert!(matches!(t[1], WorkerMessage::LogEnd(e) if e.last_seq == 2));
+        assert!(t[2].is_terminal());
+        let u: Vec<&WorkerMessage> = f.iter().filter(|m| m.task_id() == "u").collect();
+        assert_eq!(u.len(), 2);
+        assert!(matches!(u[1], WorkerMessage::LogEnd(e) if e.last_seq == 1));
+        assert!(files(&dir.path().join(SPOOL_DIR)).is_empty());
+        assert!(files(&dir.path().join(RESULTS_DIR)).is_empty());
+    }
+
+    #[test]
+    fn without_logs_only_the_result_goes_and_the_spool_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+        s.begin("t", None);
+        append(&s, "t", &[line(5, b'x')]);
+        s.begin("running", None);
+        append(&s, "running", &[line(5, b'x')]);
+        assert!(drain(&s, false, false).is_empty());
+        s.finish("t", None, completed("t"));
+        let f = drain(&s, false, false);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].is_terminal());
+        assert_eq!(files(&dir.path().join(SPOOL_DIR)), ["running.jsonl"]);
+        assert!(files(&dir.path().join(RESULTS_DIR)).is_empty());
+    }
+
+    #[test]
+    fn a_task_that_wrote_nothing_still_gets_log_end_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+        s.begin("t", None);
+        s.finish("t", None, completed("t"));
+        let f = drain(&s, true, false);
+        assert!(matches!(&f[0], WorkerMessage::LogEnd(e) if e.last_seq == 0));
+        assert!(f[1].is_terminal());
+        assert!(drain(&s, true, false).is_empty());
+    }
+
+    #[test]
+    fn tasks_are_served_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+        for t in ["a", "b"] {
+            s.begin(t, None);
+            for _ in 0..10 {
+                append(&s, t, &[line(100_000, b'x')]);
+            }
+        }
+        let order: Vec<String> = std::iter::from_fn(|| s.next_frame(true))
+            .take(4)
+            .map(|m| m.task_id().to_owned())
+            .collect();
+        assert_eq!(order, ["a", "b", "a", "b"]);
+    }
+}
