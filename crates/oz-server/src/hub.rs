@@ -127,23 +127,12 @@ impl Hub {
         let now_ts = now();
         for run in self.store.active_runs().await? {
             if run.state == RunState::Pending {
-                let patch = RunPatch {
-                    holder: Some(None),
-                    token_hash: Some(None),
-                    status_message: Some(Some(StatusMessage::info(
-                        "requeued after a server restart (the assignment was never claimed)",
-                    ))),
-                    ..Default::default()
-                };
-                self.store
-                    .transition(
-                        &run.run_id,
-                        &[RunState::Pending],
-                        RunState::Queued,
-                        patch,
-                        &now_ts,
-                    )
-                    .await?;
+                self.requeue(
+                    &run.run_id,
+                    "requeued after a server restart (the assignment was never claimed)",
+                    &now_ts,
+                )
+                .await?;
             } else {
                 self.reg().orphans.insert(
                     run.run_id.clone(),
@@ -344,23 +333,12 @@ impl Hub {
         if sent {
             tracing::info!(run_id = %run.run_id, worker_id = %run.worker_host, connection = %conn_id, "run assigned");
         } else {
-            let patch = RunPatch {
-                holder: Some(None),
-                token_hash: Some(None),
-                status_message: Some(Some(StatusMessage::info(
-                    "requeued: the worker's connection closed before the assignment was sent",
-                ))),
-                ..Default::default()
-            };
-            self.store
-                .transition(
-                    &run.run_id,
-                    &[RunState::Pending],
-                    RunState::Queued,
-                    patch,
-                    now_ts,
-                )
-                .await?;
+            self.requeue(
+                &run.run_id,
+                "requeued: the worker's connection closed before the assignment was sent",
+                now_ts,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -476,24 +454,11 @@ impl Hub {
                 continue;
             };
             if run.state == RunState::Pending {
-                let patch = RunPatch {
-                    holder: Some(None),
-                    token_hash: Some(None),
-                    status_message: Some(Some(StatusMessage::info(format!(
-                        "requeued: worker {:?} disconnected before claiming the run",
-                        orphan.worker_id
-                    )))),
-                    ..Default::default()
-                };
-                self.store
-                    .transition(
-                        &run_id,
-                        &[RunState::Pending],
-                        RunState::Queued,
-                        patch,
-                        &now(),
-                    )
-                    .await?;
+                let why = format!(
+                    "requeued: worker {:?} disconnected before claiming the run",
+                    orphan.worker_id
+                );
+                self.requeue(&run_id, why, &now()).await?;
                 continue;
             }
             let msg = format!(
@@ -537,32 +502,40 @@ impl Hub {
                     .is_some_and(|t| age(t) >= self.settings.assign_timeout)
                 && !self.reg().orphans.contains_key(&run.run_id)
             {
-                let patch = RunPatch {
-                    holder: Some(None),
-                    token_hash: Some(None),
-                    status_message: Some(Some(StatusMessage::info(
-                        "requeued: the worker did not answer the assignment",
-                    ))),
-                    ..Default::default()
-                };
-                if self
-                    .store
-                    .transition(
-                        &run.run_id,
-                        &[RunState::Pending],
-                        RunState::Queued,
-                        patch,
-                        &now(),
-                    )
-                    .await?
-                    .is_some()
-                {
+                let why = "requeued: the worker did not answer the assignment";
+                if self.requeue(&run.run_id, why, &now()).await?.is_some() {
                     self.forget(&run.run_id);
                     self.wake();
                 }
             }
         }
         Ok(())
+    }
+
+    /// PENDING → QUEUED (never claimed): clear holder, token and execution,
+    /// and say why in `status_message`.
+    async fn requeue(
+        &self,
+        run_id: &str,
+        why: impl Into<String>,
+        now_ts: &str,
+    ) -> Result<Option<Run>, oz_store::StoreError> {
+        let patch = RunPatch {
+            holder: Some(None),
+            token_hash: Some(None),
+            execution_id: Some(None),
+            status_message: Some(Some(StatusMessage::info(why))),
+            ..Default::default()
+        };
+        self.store
+            .transition(
+                run_id,
+                &[RunState::Pending],
+                RunState::Queued,
+                patch,
+                now_ts,
+            )
+            .await
     }
 
     /// Move a run to a terminal state, clearing its holder and token.
@@ -777,25 +750,11 @@ impl Hub {
                 if run.state != RunState::Pending || run.holder.as_deref() != Some(conn_id) {
                     return Ok(());
                 }
-                let patch = RunPatch {
-                    holder: Some(None),
-                    token_hash: Some(None),
-                    execution_id: Some(None),
-                    status_message: Some(Some(StatusMessage::info(format!(
-                        "worker {worker_id:?} rejected the run ({}); waiting for a free slot",
-                        r.reason
-                    )))),
-                    ..Default::default()
-                };
-                self.store
-                    .transition(
-                        &r.task_id,
-                        &[RunState::Pending],
-                        RunState::Queued,
-                        patch,
-                        &now_ts,
-                    )
-                    .await?;
+                let why = format!(
+                    "worker {worker_id:?} rejected the run ({}); waiting for a free slot",
+                    r.reason
+                );
+                self.requeue(&r.task_id, why, &now_ts).await?;
                 {
                     let mut reg = self.reg();
                     if let Some(c) = reg.conns.get_mut(conn_id) {

@@ -334,6 +334,10 @@ fn runs_from_rows(rows: &[SqliteRow]) -> Result<Vec<Run>> {
     rows.iter().map(run_from_row).collect()
 }
 
+/// Rows per multi-row INSERT of log lines (9 parameters each, well under
+/// SQLite's parameter limit).
+const LOG_ROWS_PER_INSERT: usize = 200;
+
 const LOG_COLUMNS: &str = "seq, ts, stream, phase, data, is_text, newline, gap_bytes";
 
 /// A seq as stored: from 1 to `i64::MAX`.
@@ -914,25 +918,26 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db(op))?;
+        // Many rows per statement: per-statement overhead, not SQLite,
+        // dominated ingestion with one INSERT per line.
         let mut inserted = 0;
-        for (l, seq, gap) in rows {
-            let done = sqlx::query(
+        for chunk in rows.chunks(LOG_ROWS_PER_INSERT) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT OR IGNORE INTO run_logs \
-                 (run_id, seq, ts, stream, phase, data, is_text, newline, gap_bytes) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(run_id.to_owned())
-            .bind(seq)
-            .bind(l.ts.clone())
-            .bind(l.stream.as_str())
-            .bind(l.phase.as_str())
-            .bind(l.data.clone())
-            .bind(l.is_text)
-            .bind(l.newline)
-            .bind(gap)
-            .execute(&mut *tx)
-            .await
-            .map_err(db(op))?;
+                 (run_id, seq, ts, stream, phase, data, is_text, newline, gap_bytes) ",
+            );
+            qb.push_values(chunk, |mut b, (l, seq, gap)| {
+                b.push_bind(run_id.to_owned())
+                    .push_bind(*seq)
+                    .push_bind(l.ts.clone())
+                    .push_bind(l.stream.as_str())
+                    .push_bind(l.phase.as_str())
+                    .push_bind(l.data.clone())
+                    .push_bind(l.is_text)
+                    .push_bind(l.newline)
+                    .push_bind(*gap);
+            });
+            let done = qb.build().execute(&mut *tx).await.map_err(db(op))?;
             inserted += done.rows_affected();
         }
         tx.commit().await.map_err(db(op))?;
