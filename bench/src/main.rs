@@ -6,16 +6,20 @@
 //! asserts a duration; `--smoke` runs a tiny version so CI keeps it working.
 #![forbid(unsafe_code)]
 
+mod dispatch;
+mod floor;
+mod growth;
+mod harness;
+mod logs;
+mod memory;
+mod throughput;
+
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use oz_cli::client::Client;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 #[derive(Parser)]
 #[command(
@@ -51,12 +55,197 @@ enum Bench {
         #[arg(long, default_value_t = 1 << 20)]
         concurrent_bytes: u64,
     },
+    /// Latency of single runs: submit → agent start, submit → terminal.
+    Dispatch(DispatchArgs),
+    /// Trivial runs per second for several worker setups, as ratios to the
+    /// floor.
+    Throughput {
+        #[command(flatten)]
+        args: ThroughputArgs,
+        /// Seconds each floor loop runs.
+        #[arg(long, default_value_t = 5.0)]
+        floor_seconds: f64,
+    },
+    /// The same work without Oz: mkdir, spawn the agent, wait, rm.
+    Floor(FloorArgs),
+    /// Worker and server memory, idle, with running runs, and with many
+    /// connected (simulated) workers.
+    Memory(MemoryArgs),
+    /// Per-run cost as the queue grows (fill, then drain).
+    Growth(GrowthArgs),
+    /// Everything above; one JSON file per benchmark in --out-dir.
+    All {
+        /// Where the `<name>.json` files go [default: bench/results, or a
+        /// temporary directory with --smoke].
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+        /// Benchmarks to leave out (comma-separated names).
+        #[arg(long, value_delimiter = ',')]
+        skip: Vec<String>,
+        #[command(flatten)]
+        dispatch: DispatchArgs,
+        #[command(flatten)]
+        throughput: ThroughputArgs,
+        #[command(flatten)]
+        floor: FloorArgs,
+        #[command(flatten)]
+        memory: MemoryArgs,
+        #[command(flatten)]
+        growth: GrowthArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct DispatchArgs {
+    /// Runs measured, one after another.
+    #[arg(long, default_value_t = 1000)]
+    runs: usize,
+    /// Runs before the measurement, not counted.
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// The worker's max_concurrent_tasks.
+    #[arg(long, default_value_t = 8)]
+    dispatch_max: u32,
+}
+
+#[derive(clap::Args)]
+struct ThroughputArgs {
+    /// Seconds each setup is measured for (after a pilot).
+    #[arg(long, default_value_t = 8.0)]
+    seconds: f64,
+    /// max_concurrent_tasks of the single worker, one setup each.
+    #[arg(long, default_value = "1,8,32", value_parser = harness::parse_list)]
+    concurrency: ::std::vec::Vec<usize>,
+    /// Workers sharing one id (0: leave that setup out).
+    #[arg(long, default_value_t = 4)]
+    shared_workers: usize,
+    /// max_concurrent_tasks of each shared worker.
+    #[arg(long, default_value_t = 8)]
+    shared_max: u32,
+}
+
+#[derive(clap::Args)]
+struct FloorArgs {
+    /// Seconds each floor loop runs.
+    #[arg(long, default_value_t = 5.0)]
+    floor_seconds: f64,
+    /// Direct spawns timed for the agent's own start cost.
+    #[arg(long, default_value_t = 1000)]
+    agent_samples: usize,
+}
+
+#[derive(clap::Args)]
+struct MemoryArgs {
+    /// Runs running at once on one worker.
+    #[arg(long, default_value_t = 32)]
+    running: usize,
+    /// Simulated workers connected to the server.
+    #[arg(long, default_value_t = 1000)]
+    sim_workers: usize,
+    /// Runs of the dispatch probe, before and with the simulated workers.
+    #[arg(long, default_value_t = 200)]
+    probe_runs: usize,
+    /// Seconds over which the server's idle CPU is read with them connected.
+    #[arg(long, default_value_t = 10.0)]
+    idle_cpu_seconds: f64,
+}
+
+#[derive(clap::Args)]
+struct GrowthArgs {
+    /// Queue sizes, one fresh server each.
+    #[arg(long, default_value = "1000,10000,100000", value_parser = harness::parse_list)]
+    sizes: ::std::vec::Vec<usize>,
+    /// max_concurrent_tasks of the draining worker.
+    #[arg(long, default_value_t = 32)]
+    drain_concurrency: u32,
+    /// Concurrent POSTs while filling the queue.
+    #[arg(long, default_value_t = 16)]
+    post_parallel: usize,
+    /// Runs of each dispatch probe.
+    #[arg(long, default_value_t = 100)]
+    growth_probe_runs: usize,
+    /// Give up draining one queue after this many seconds.
+    #[arg(long, default_value_t = 600.0)]
+    drain_timeout: f64,
+}
+
+impl DispatchArgs {
+    fn opts(&self, smoke: bool, agent_samples: usize) -> dispatch::Opts {
+        if smoke {
+            return dispatch::Opts::smoke();
+        }
+        dispatch::Opts {
+            runs: self.runs,
+            warmup: self.warmup,
+            max_concurrent: self.dispatch_max,
+            agent_samples,
+        }
+    }
+}
+
+impl ThroughputArgs {
+    fn opts(&self, smoke: bool, floor_seconds: f64) -> throughput::Opts {
+        if smoke {
+            return throughput::Opts::smoke();
+        }
+        throughput::Opts {
+            seconds: self.seconds,
+            concurrency: self.concurrency.clone(),
+            shared_workers: self.shared_workers,
+            shared_max: self.shared_max,
+            floor_seconds,
+            smoke: false,
+        }
+    }
+}
+
+impl FloorArgs {
+    fn opts(&self, smoke: bool, concurrency: Vec<usize>) -> floor::Opts {
+        if smoke {
+            return floor::Opts::smoke();
+        }
+        floor::Opts {
+            seconds: self.floor_seconds,
+            concurrency,
+            agent_samples: self.agent_samples,
+        }
+    }
+}
+
+impl MemoryArgs {
+    fn opts(&self, smoke: bool) -> memory::Opts {
+        if smoke {
+            return memory::Opts::smoke();
+        }
+        memory::Opts {
+            running: self.running,
+            sims: self.sim_workers,
+            probe_runs: self.probe_runs,
+            idle_cpu_secs: self.idle_cpu_seconds,
+        }
+    }
+}
+
+impl GrowthArgs {
+    fn opts(&self, smoke: bool) -> growth::Opts {
+        if smoke {
+            return growth::Opts::smoke();
+        }
+        growth::Opts {
+            sizes: self.sizes.clone(),
+            drain_concurrency: self.drain_concurrency,
+            post_parallel: self.post_parallel,
+            probe_runs: self.growth_probe_runs,
+            drain_timeout: self.drain_timeout,
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    let smoke = cli.smoke;
     let result = match cli.bench {
         Bench::Logs {
             bytes,
@@ -64,311 +253,178 @@ async fn main() -> anyhow::Result<()> {
             concurrent,
             concurrent_bytes,
         } => {
-            let (bytes, repeat, concurrent, concurrent_bytes) = if cli.smoke {
-                (256 << 10, 1, 4, 64 << 10)
+            let o = if smoke {
+                logs::Opts::smoke()
             } else {
-                (bytes, repeat, concurrent, concurrent_bytes)
-            };
-            logs_bench(bytes, repeat, concurrent, concurrent_bytes).await?
-        }
-    };
-    let text = serde_json::to_string_pretty(&result)?;
-    match cli.out {
-        Some(path) => std::fs::write(&path, text + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?,
-        None => println!("{text}"),
-    }
-    Ok(())
-}
-
-/// The sibling binaries of this one.
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let path = me.with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} not found; build it first: cargo build --release --workspace",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// A running server with its admin key.
-struct Server {
-    child: Child,
-    url: String,
-    key: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> anyhow::Result<Server> {
-        let dir = tempfile::tempdir()?;
-        let mut child = Command::new(sibling("oz-server")?)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env("OZ_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(l)) = lines.next_line().await {
-                if let Some(u) = l.strip_prefix("oz-server listening on ") {
-                    return Some(u.trim().to_owned());
+                logs::Opts {
+                    bytes,
+                    repeat,
+                    concurrent,
+                    concurrent_bytes,
                 }
+            };
+            logs::run(&o).await?
+        }
+        Bench::Dispatch(a) => dispatch::run(&a.opts(smoke, 1000)).await?,
+        Bench::Throughput {
+            args,
+            floor_seconds,
+        } => throughput::run(&args.opts(smoke, floor_seconds), None).await?,
+        Bench::Floor(a) => floor::run(&a.opts(smoke, vec![1, 8, 32])).await?,
+        Bench::Memory(a) => memory::run(&a.opts(smoke)).await?,
+        Bench::Growth(a) => growth::run(&a.opts(smoke)).await?,
+        Bench::All {
+            out_dir,
+            skip,
+            dispatch,
+            throughput,
+            floor,
+            memory,
+            growth,
+        } => {
+            if cli.out.is_some() {
+                bail!("`all` writes one file per benchmark: use --out-dir, not --out");
             }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .context("the server did not report its address")?;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let key = std::fs::read_to_string(dir.path().join("data/admin-api-key"))?
-            .trim()
-            .to_owned();
-        Ok(Server {
-            child,
-            url,
-            key,
-            _dir: dir,
-        })
-    }
+            let dir = match out_dir {
+                Some(d) => d,
+                None if smoke => std::env::temp_dir().join("oz-bench-smoke"),
+                None => Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
+            };
+            return all(
+                &dir,
+                &skip,
+                smoke,
+                &dispatch,
+                &throughput,
+                &floor,
+                &memory,
+                &growth,
+            )
+            .await;
+        }
+    };
+    write(cli.out.as_deref(), &result)
+}
 
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-
-    fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.url, &self.key)?)
+fn write(out: Option<&Path>, result: &Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(result)?;
+    match out {
+        Some(path) => std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display())),
+        None => {
+            println!("{text}");
+            Ok(())
+        }
     }
 }
 
-/// Start a worker whose agent is a shell script.
-async fn start_worker(
-    server: &Server,
-    id: &str,
-    agent: &str,
-    max: u32,
+#[allow(clippy::too_many_arguments)]
+async fn all(
     dir: &Path,
-) -> anyhow::Result<Child> {
-    let oz = dir.join("agent.sh");
-    std::fs::write(&oz, format!("#!/bin/sh\n{agent}\n"))?;
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&oz)
-        .status()?;
-    let cfg = dir.join("worker.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "max_concurrent_tasks: {max}\nstate_dir: {}\nbackend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n",
-            dir.join("state").display(),
-            dir.join("ws").display(),
-            oz.display()
-        ),
-    )?;
-    let child = Command::new(sibling("oz-agent-worker")?)
-        .args([
-            "--worker-id",
-            id,
-            "--server-url",
-            &server.url,
-            "--config-file",
-        ])
-        .arg(&cfg)
-        .env("WARP_API_KEY", &server.key)
-        .env("OZ_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let client = server.client()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let workers = client.list_workers().await?;
-        if workers.iter().any(|w| w["worker_id"] == id) {
-            return Ok(child);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("worker {id} did not connect")
-}
-
-/// Resident set size (and its peak) of a process, in KiB, from /proc.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Poll (cheaply: a page past the end) until the run is terminal and its
-/// log complete; then count the stored output bytes once.
-async fn wait_log_complete(
-    client: &Client,
-    run_id: &str,
-) -> anyhow::Result<(String, u64, Instant)> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let path = format!("/agent/runs/{run_id}/logs");
-    let (state, done_at) = loop {
-        let page: Value = client
-            .get_query(
-                &path,
-                &[
-                    ("since_seq".into(), (u64::MAX / 2).to_string()),
-                    ("limit".into(), "1".into()),
-                ],
-            )
-            .await?;
-        if page["complete"].as_bool() == Some(true) {
-            break (
-                page["state"].as_str().unwrap_or_default().to_owned(),
-                Instant::now(),
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("run {run_id} did not complete");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let (mut since, mut bytes) = (0u64, 0u64);
-    loop {
-        let page: Value = client
-            .get_query(
-                &path,
-                &[
-                    ("since_seq".into(), since.to_string()),
-                    ("limit".into(), "5000".into()),
-                ],
-            )
-            .await?;
-        for l in page["lines"].as_array().into_iter().flatten() {
-            let line: oz_protocol::logs::LogLine = serde_json::from_value(l.clone())?;
-            bytes += line.raw().len() as u64;
-        }
-        match (page["has_more"].as_bool(), page["next_seq"].as_u64()) {
-            (Some(true), Some(n)) => since = n,
-            _ => return Ok((state, bytes, done_at)),
+    skip: &[String],
+    smoke: bool,
+    d: &DispatchArgs,
+    t: &ThroughputArgs,
+    f: &FloorArgs,
+    m: &MemoryArgs,
+    g: &GrowthArgs,
+) -> anyhow::Result<()> {
+    const NAMES: [&str; 6] = [
+        "floor",
+        "dispatch",
+        "throughput",
+        "memory",
+        "growth",
+        "logs",
+    ];
+    for s in skip {
+        if !NAMES.contains(&s.as_str()) {
+            bail!("--skip {s:?}: not one of {}", NAMES.join(", "));
         }
     }
-}
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let run = |name: &str| !skip.iter().any(|s| s == name);
+    let mut targets = Vec::new();
+    let mut keep = |name: &str, v: &Value, secs: f64| -> anyhow::Result<()> {
+        let path = dir.join(format!("{name}.json"));
+        write(Some(&path), v)?;
+        eprintln!("{name}: {secs:.0} s → {}", path.display());
+        for t in v["targets"].as_array().into_iter().flatten() {
+            targets.push(json!({"bench": name, "check": t}));
+        }
+        Ok(())
+    };
 
-async fn logs_bench(
-    bytes: u64,
-    repeat: u32,
-    concurrent: u32,
-    concurrent_bytes: u64,
-) -> anyhow::Result<Value> {
-    let server = Server::start().await?;
-    let client = server.client()?;
-    let dir = tempfile::tempdir()?;
-    // Lines of 100 characters; a predictable amount of output.
-    let agent = format!("head -c {bytes} /dev/zero | tr '\\0' 'x' | fold -w 99");
-    let _worker = start_worker(&server, "bench", &agent, concurrent.max(8) + 4, dir.path()).await?;
-    let (idle_rss, _) = rss_kib(server.pid());
-
-    // Throughput: submit → every byte stored.
-    let mut rates = Vec::new();
-    for _ in 0..repeat {
+    // The floor first: throughput reuses its rates.
+    let tput = t.opts(smoke, f.floor_seconds);
+    let mut cs = tput.concurrency.clone();
+    if tput.shared_workers > 0 {
+        cs.push(tput.shared_workers * tput.shared_max as usize);
+    }
+    cs.sort_unstable();
+    cs.dedup();
+    let mut floor_rates = None;
+    if run("floor") {
         let t0 = Instant::now();
-        let run = client
-            .create_run(&json!({"prompt": "bench", "config": {"worker_host": "bench", "harness": {"type": "command"}}}))
-            .await?;
-        let (state, stored, done_at) = wait_log_complete(&client, &run.run_id).await?;
-        let secs = (done_at - t0).as_secs_f64();
-        if state != "SUCCEEDED" {
-            bail!("throughput run ended {state}");
-        }
-        rates.push(json!({"bytes": stored, "seconds": secs, "mib_per_s": stored as f64 / secs / (1 << 20) as f64}));
+        let v = floor::run(&f.opts(smoke, cs)).await?;
+        floor_rates = v["rates"].as_array().cloned();
+        keep("floor", &v, t0.elapsed().as_secs_f64())?;
+    }
+    if run("dispatch") {
+        let t0 = Instant::now();
+        let v = dispatch::run(&d.opts(smoke, f.agent_samples)).await?;
+        keep("dispatch", &v, t0.elapsed().as_secs_f64())?;
+    }
+    if run("throughput") {
+        let t0 = Instant::now();
+        let v = throughput::run(&tput, floor_rates).await?;
+        keep("throughput", &v, t0.elapsed().as_secs_f64())?;
+    }
+    if run("memory") {
+        let t0 = Instant::now();
+        let v = memory::run(&m.opts(smoke)).await?;
+        keep("memory", &v, t0.elapsed().as_secs_f64())?;
+    }
+    if run("growth") {
+        let t0 = Instant::now();
+        let v = growth::run(&g.opts(smoke)).await?;
+        keep("growth", &v, t0.elapsed().as_secs_f64())?;
+    }
+    if run("logs") {
+        let t0 = Instant::now();
+        let o = if smoke {
+            logs::Opts::smoke()
+        } else {
+            logs::Opts {
+                bytes: 64 << 20,
+                repeat: 3,
+                concurrent: 100,
+                concurrent_bytes: 1 << 20,
+            }
+        };
+        let v = logs::run(&o).await?;
+        keep("logs", &v, t0.elapsed().as_secs_f64())?;
     }
 
-    // Memory: many runs streaming at once (each writes its share in 50 slices).
-    let slice = (concurrent_bytes / 50).max(1);
-    let dir2 = tempfile::tempdir()?;
-    let slow_agent = format!(
-        "i=0; while [ $i -lt 50 ]; do head -c {slice} /dev/zero | tr '\\0' 'y' | fold -w 99; sleep 0.1; i=$((i+1)); done"
-    );
-    let _slow = start_worker(
-        &server,
-        "bench-many",
-        &slow_agent,
-        concurrent + 4,
-        dir2.path(),
-    )
-    .await?;
-    let mut runs = Vec::new();
-    for _ in 0..concurrent {
-        let r = client
-            .create_run(&json!({"prompt": "many", "config": {"worker_host": "bench-many", "harness": {"type": "command"}}}))
-            .await?;
-        runs.push(r.run_id);
+    // The targets at a glance (also for bench/REPORT.md).
+    let mut table =
+        String::from("| benchmark | metric | value | target | met? |\n|---|---|---|---|---|\n");
+    for t in &targets {
+        let c = &t["check"];
+        table.push_str(&format!(
+            "| {} | {} | {} {} | {} | {} |\n",
+            t["bench"].as_str().unwrap_or_default(),
+            c["metric"].as_str().unwrap_or_default(),
+            c["value"],
+            c["unit"].as_str().unwrap_or_default(),
+            c["target"].as_str().unwrap_or_default(),
+            if c["met"] == true { "yes" } else { "**no**" },
+        ));
     }
-    let mut peak = 0u64;
-    let t0 = Instant::now();
-    loop {
-        peak = peak.max(rss_kib(server.pid()).0);
-        let page = client
-            .list_runs(&[
-                ("limit".into(), "500".into()),
-                ("state".into(), "SUCCEEDED".into()),
-            ])
-            .await?;
-        let done = page
-            .runs
-            .iter()
-            .filter(|r| runs.contains(&r.run_id))
-            .count();
-        if done == runs.len() {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(600) {
-            bail!("concurrent runs did not finish");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut stored_total = 0u64;
-    for id in &runs {
-        stored_total += wait_log_complete(&client, id).await?.1;
-    }
-    let (_, hwm) = rss_kib(server.pid());
-    let best = rates
-        .iter()
-        .filter_map(|r| r["mib_per_s"].as_f64())
-        .fold(0.0f64, f64::max);
-    Ok(json!({
-        "bench": "logs",
-        "machine": machine(),
-        "throughput": {"runs": rates, "best_mib_per_s": best},
-        "concurrent": {
-            "runs": concurrent,
-            "bytes_per_run": concurrent_bytes,
-            "stored_bytes_total": stored_total,
-            "seconds": t0.elapsed().as_secs_f64(),
-            "server_rss_idle_kib": idle_rss,
-            "server_rss_peak_sampled_kib": peak,
-            "server_rss_high_water_kib": hwm,
-        }
-    }))
-}
-
-fn machine() -> Value {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.lines().next().map(str::to_owned))
-        .unwrap_or_default();
-    json!({"cpus": cpus, "memory": mem, "date": chrono::Utc::now().to_rfc3339()})
+    write(
+        Some(&dir.join("targets.json")),
+        &json!({"machine": harness::machine(), "targets": targets}),
+    )?;
+    println!("{table}");
+    Ok(())
 }

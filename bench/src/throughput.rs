@@ -1,0 +1,297 @@
+//! `oz-bench throughput`: trivial runs completed per second.
+//!
+//! Setups: one worker at each `--concurrency` (its `max_concurrent_tasks`),
+//! and `--shared-workers` workers sharing one id; each without hooks and
+//! with a trivial setup and teardown hook. Each setup gets a fresh server.
+//!
+//! Load is closed-loop with a bounded backlog: four submitters keep at most
+//! `4 × slots + 16` runs submitted but not yet seen ended; the bench checks
+//! the runs in submission order (a GET each, paced by the completion rate)
+//! and lets one more in per ended run. A pilot of `max(4 × slots, 40)` runs
+//! warms up and sizes the measurement to about `--seconds`. The rate is
+//! taken from the server's end timestamps after the first 10% of the runs
+//! (`steady`), and over the whole measurement from the first POST
+//! (`overall`). The floor (see `floor`) is measured at the same
+//! concurrency and hooks; the ratio is ours / floor.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use oz_cli::client::Client;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::floor;
+use crate::harness::{
+    Server, Stamps, Submitted, Worker, WorkerSpec, check, cpu_secs, ended_ns, is_success, machine,
+    ms, now_ns, round, submit, wait_workers,
+};
+
+pub struct Opts {
+    pub seconds: f64,
+    pub concurrency: Vec<usize>,
+    pub shared_workers: usize,
+    pub shared_max: u32,
+    pub floor_seconds: f64,
+    pub smoke: bool,
+}
+
+impl Opts {
+    pub fn smoke() -> Opts {
+        Opts {
+            seconds: 0.5,
+            concurrency: vec![1, 8],
+            shared_workers: 2,
+            shared_max: 2,
+            floor_seconds: 0.3,
+            smoke: true,
+        }
+    }
+}
+
+struct Driven {
+    runs: usize,
+    failed: usize,
+    first_sent: i128,
+    /// Server end timestamps, sorted.
+    ended: Vec<i128>,
+    /// GETs the bench made to see the ends.
+    polls: usize,
+}
+
+impl Driven {
+    /// Runs per second after the first 10% (warm-up within the measurement).
+    fn steady(&self) -> f64 {
+        let n = self.ended.len();
+        let k0 = n / 10;
+        if n < 2 || k0 + 1 >= n {
+            return self.overall();
+        }
+        let secs = ms(self.ended[n - 1] - self.ended[k0]) / 1e3;
+        (n - 1 - k0) as f64 / secs
+    }
+
+    fn overall(&self) -> f64 {
+        match self.ended.last() {
+            Some(&last) => self.runs as f64 / (ms(last - self.first_sent) / 1e3),
+            None => 0.0,
+        }
+    }
+}
+
+/// Push `n` runs through `worker_id` with at most `window` outstanding.
+async fn drive(
+    client: &Client,
+    worker_id: &str,
+    n: usize,
+    window: usize,
+) -> anyhow::Result<Driven> {
+    let sem = Arc::new(Semaphore::new(window));
+    let next = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel::<anyhow::Result<Submitted>>();
+    for _ in 0..4 {
+        let (client, id, sem, next, tx) = (
+            client.clone(),
+            worker_id.to_owned(),
+            sem.clone(),
+            next.clone(),
+            tx.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                if next.fetch_add(1, Ordering::Relaxed) >= n {
+                    return;
+                }
+                match sem.acquire().await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return,
+                }
+                if tx.send(submit(&client, &id).await).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let t0 = now_ns();
+    let mut d = Driven {
+        runs: n,
+        failed: 0,
+        first_sent: i128::MAX,
+        ended: Vec::with_capacity(n),
+        polls: 0,
+    };
+    for done in 0..n {
+        let s = rx.recv().await.context("the submitters stopped")??;
+        d.first_sent = d.first_sent.min(s.sent_ns);
+        // Poll about as often as runs end.
+        let spacing = ms(now_ns() - t0) / done.max(1) as f64;
+        let every = Duration::from_secs_f64((spacing / 1e3).clamp(0.001, 0.05));
+        let run = loop {
+            d.polls += 1;
+            let run = client.get_run(&s.run_id).await?;
+            if run.state.is_terminal() {
+                break run;
+            }
+            tokio::time::sleep(every).await;
+        };
+        if !is_success(&run) {
+            d.failed += 1;
+        }
+        d.ended.push(ended_ns(&run).unwrap_or_else(now_ns));
+        sem.add_permits(1);
+    }
+    d.ended.sort_unstable();
+    Ok(d)
+}
+
+struct Setup {
+    workers: usize,
+    max: u32,
+    hooks: bool,
+}
+
+impl Setup {
+    fn slots(&self) -> usize {
+        self.workers * self.max as usize
+    }
+
+    fn label(&self) -> String {
+        let hooks = if self.hooks { "hooks" } else { "no hooks" };
+        if self.workers == 1 {
+            format!("1 worker, max {}, {hooks}", self.max)
+        } else {
+            format!(
+                "{} workers sharing an id, max {} each, {hooks}",
+                self.workers, self.max
+            )
+        }
+    }
+}
+
+async fn measure(setup: &Setup, o: &Opts) -> anyhow::Result<Value> {
+    let server = Server::start().await?;
+    let client = server.client()?;
+    let stamps = Stamps::new()?;
+    let agent = stamps.agent(None);
+    let id = "tput";
+    let spec = WorkerSpec::new(id, &agent, setup.max).hooks(setup.hooks);
+    let mut workers = Vec::new();
+    for _ in 0..setup.workers {
+        workers.push(Worker::spawn(&server, &spec)?);
+    }
+    wait_workers(&client, id, setup.workers).await?;
+    let slots = setup.slots();
+    let window = 4 * slots + 16;
+
+    let pilot_n = if o.smoke {
+        2 * slots + 4
+    } else {
+        (4 * slots).max(40)
+    };
+    let pilot = drive(&client, id, pilot_n, window).await?;
+    let n = if o.smoke {
+        2 * slots + 10
+    } else {
+        ((pilot.steady() * o.seconds) as usize).clamp(200, 50_000)
+    };
+    let cpu = |ws: &[Worker]| ws.iter().map(|w| cpu_secs(w.pid())).sum::<f64>();
+    let (s0, w0) = (cpu_secs(server.pid()), cpu(&workers));
+    let d = drive(&client, id, n, window).await?;
+    let (s1, w1) = (cpu_secs(server.pid()), cpu(&workers));
+    for w in workers {
+        w.stop().await;
+    }
+    Ok(json!({
+        "label": setup.label(),
+        "workers": setup.workers,
+        "max_concurrent_tasks": setup.max,
+        "slots": slots,
+        "hooks": setup.hooks,
+        "runs": d.runs,
+        "failed": d.failed + pilot.failed,
+        "runs_per_s": round(d.steady(), 1),
+        "runs_per_s_overall": round(d.overall(), 1),
+        "pilot_runs_per_s": round(pilot.steady(), 1),
+        "backlog_window": window,
+        "client_gets_per_run": round(d.polls as f64 / d.runs as f64, 2),
+        "cpu_ms_per_run": {
+            "server": round((s1 - s0) * 1e3 / n as f64, 3),
+            "workers": round((w1 - w0) * 1e3 / n as f64, 3),
+        },
+    }))
+}
+
+/// Floor runs/s for (concurrency, hooks) in a `floor` result.
+fn floor_rate(rates: &[Value], c: usize, hooks: bool) -> Option<f64> {
+    rates
+        .iter()
+        .find(|r| r["concurrency"] == c && r["hooks"] == hooks)
+        .and_then(|r| r["runs_per_s"].as_f64())
+}
+
+/// `floor_rates`: the `rates` of a floor result covering every slot count
+/// used here (from `all`); measured here when `None`.
+pub async fn run(o: &Opts, floor_rates: Option<Vec<Value>>) -> anyhow::Result<Value> {
+    let mut setups = Vec::new();
+    for hooks in [false, true] {
+        for &c in &o.concurrency {
+            setups.push(Setup {
+                workers: 1,
+                max: c as u32,
+                hooks,
+            });
+        }
+        if o.shared_workers > 0 {
+            setups.push(Setup {
+                workers: o.shared_workers,
+                max: o.shared_max,
+                hooks,
+            });
+        }
+    }
+    let mut cs: Vec<usize> = setups.iter().map(Setup::slots).collect();
+    cs.sort_unstable();
+    cs.dedup();
+    let floor_rates = match floor_rates {
+        Some(r) if cs.iter().all(|&c| floor_rate(&r, c, false).is_some()) => r,
+        _ => floor::rates(&cs, o.floor_seconds).await?,
+    };
+
+    let mut results = Vec::new();
+    let mut targets = Vec::new();
+    for s in &setups {
+        let mut r = measure(s, o).await?;
+        let floor = floor_rate(&floor_rates, s.slots(), s.hooks).unwrap_or(f64::NAN);
+        let ours = r["runs_per_s"].as_f64().unwrap_or(0.0);
+        let ratio = ours / floor;
+        r["floor_runs_per_s"] = json!(floor);
+        r["ratio_to_floor"] = json!(round(ratio, 3));
+        eprintln!(
+            "throughput: {}: {ours:.1} runs/s, floor {floor:.1}, ratio {ratio:.3}",
+            s.label()
+        );
+        if s.workers == 1 && s.max == 8 {
+            targets.push(check(
+                &format!(
+                    "throughput / floor at concurrency 8 ({})",
+                    if s.hooks { "hooks" } else { "no hooks" }
+                ),
+                ratio,
+                "×",
+                false,
+                0.5,
+            ));
+        }
+        results.push(r);
+    }
+    Ok(json!({
+        "bench": "throughput",
+        "machine": machine(),
+        "setups": results,
+        "floor": floor_rates,
+        "targets": targets,
+    }))
+}
