@@ -255,6 +255,30 @@ pub async fn run(o: &Opts) -> anyhow::Result<Value> {
             true,
             1.2,
         ));
+        // Dispatch latency of a one-run-at-a-time probe (submit → agent
+        // start, p50): on another worker id while the queue waits, and on
+        // the drained worker id once all those runs are in the table.
+        let probe = |v: &Value, key: &str| v[key]["submit_to_agent_start_ms"]["p50"].as_f64();
+        for (key, what) in [
+            (
+                "probe_other_worker_while_queued",
+                "another worker while queued",
+            ),
+            (
+                "probe_same_worker_after_drain",
+                "same worker after the drain",
+            ),
+        ] {
+            if let (Some(x), Some(y)) = (probe(a, key), probe(b, key)) {
+                targets.push(check(
+                    &format!("dispatch p50, {what}, {label} (ratio)"),
+                    y / x,
+                    "×",
+                    true,
+                    1.2,
+                ));
+            }
+        }
     }
     Ok(json!({
         "bench": "growth",
