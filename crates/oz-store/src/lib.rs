@@ -19,8 +19,13 @@ pub use oz_protocol::api::{RunState, StatusMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod catalog;
 mod logs;
 mod sqlite;
+pub use catalog::{
+    Agent, Artifact, Catalog, Delivery, Environment, Firing, Followup, HandoffAttachment,
+    NewFollowup, Schedule,
+};
 pub use logs::{InvalidLogLine, LogQuery, LogRecord};
 pub use oz_protocol::logs::{LogLine, LogPhase, LogStream};
 pub use sqlite::SqliteStore;
@@ -163,6 +168,31 @@ pub struct Run {
     /// Seq of the last log line, from the worker's `log_end`; `None` until
     /// then (and for workers without the `logs` extension).
     pub log_last_seq: Option<u64>,
+    /// Id of the key that created the run and its `UserProfile` snapshot.
+    pub creator_id: Option<String>,
+    pub creator: Option<Value>,
+    /// Agent identity executing the run, and its `UserProfile` snapshot.
+    pub agent_uid: Option<String>,
+    pub executor: Option<Value>,
+    pub parent_run_id: Option<String>,
+    pub conversation_id: Option<String>,
+    /// `{cron_schedule, schedule_id, schedule_name}` for scheduled runs.
+    pub schedule: Option<Value>,
+    /// Prompt of the current execution when follow-ups came in.
+    pub execution_prompt: Option<String>,
+    /// Follow-ups waiting for the current execution to end.
+    pub pending_followups: u32,
+    /// Executions so far (1 after the first assignment).
+    pub executions: u32,
+    /// Added to the worker's log seqs of the current execution.
+    pub log_seq_base: u64,
+}
+
+impl Run {
+    /// What the agent of the current execution is asked to do.
+    pub fn current_prompt(&self) -> &str {
+        self.execution_prompt.as_deref().unwrap_or(&self.prompt)
+    }
 }
 
 /// Fields of a new run; it starts QUEUED.
@@ -185,6 +215,13 @@ pub struct NewRun {
     pub status_message: Option<StatusMessage>,
     pub token_hash: String,
     pub created_at: String,
+    pub creator_id: Option<String>,
+    pub creator: Option<Value>,
+    pub agent_uid: Option<String>,
+    pub executor: Option<Value>,
+    pub parent_run_id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub schedule: Option<Value>,
 }
 
 /// Changes applied together with a state transition. `None` leaves a field
@@ -199,6 +236,8 @@ pub struct RunPatch {
     pub ended_at: Option<Option<String>>,
     pub cancel_requested_at: Option<Option<String>>,
     pub token_hash: Option<Option<String>>,
+    /// Count a new execution (an assignment).
+    pub new_execution: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -273,6 +312,16 @@ pub struct RunQuery {
     pub schedule_id: Option<String>,
     pub skill_spec: Option<String>,
     pub worker_host: Option<String>,
+    /// Key id of the creator.
+    pub creator: Option<String>,
+    /// Agent uid, or key id for runs without an agent.
+    pub executor: Option<String>,
+    /// Runs with an artifact of this type.
+    pub artifact_type: Option<String>,
+    /// Runs descending from this run (children, grandchildren, …).
+    pub ancestor_run_id: Option<String>,
+    /// Runs executed by an agent of this factory.
+    pub factory_uid: Option<String>,
     /// Exact matches, all must hold.
     pub metadata: Vec<(String, String)>,
     pub sort_by: SortBy,
@@ -280,7 +329,7 @@ pub struct RunQuery {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Catalog + Send + Sync + 'static {
     // Teams and keys.
     async fn create_team(&self, id: &str, name: &str, now: &str) -> Result<Team>;
     async fn first_team(&self) -> Result<Option<Team>>;

@@ -22,6 +22,8 @@
 //!   descending order is exactly the ascending one reversed, so a cursor walk
 //!   sees every run once either way.
 
+mod catalog;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -52,7 +54,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const RUN_COLUMNS: &str = "run_id, team_id, state, prompt, title, config, metadata, source, mode, \
      worker_host, name, model_id, environment_id, skill_spec, schedule_id, created_at, \
      updated_at, started_at, ended_at, status_message, execution_id, holder, assigned_at, \
-     cancel_requested_at, token_hash, artifacts, log_last_seq";
+     cancel_requested_at, token_hash, artifacts, log_last_seq, creator_id, creator, agent_uid, \
+     executor, parent_run_id, conversation_id, schedule, execution_prompt, pending_followups, \
+     executions, log_seq_base";
 
 const KEY_COLUMNS: &str = "id, team_id, name, kind, prefix, created_at, last_used_at, revoked_at";
 
@@ -298,6 +302,17 @@ fn run_from_row(row: &SqliteRow) -> Result<Run> {
     let log_last_seq = log_last_seq
         .map(|n| u64::try_from(n).map_err(|_| corrupt("run log_last_seq", format!("{n} < 0"))))
         .transpose()?;
+    let json_opt = |col: &'static str| -> Result<Option<Value>> {
+        opt(col)?
+            .map(|s| serde_json::from_str::<Value>(&s))
+            .transpose()
+            .map_err(|e| corrupt(col, e))
+    };
+    let count = |col: &'static str| -> Result<u32> {
+        let n: i64 = row.try_get(col).map_err(db(op))?;
+        u32::try_from(n).map_err(|_| corrupt(col, format!("{n} is out of range")))
+    };
+    let log_seq_base: i64 = row.try_get("log_seq_base").map_err(db(op))?;
 
     Ok(Run {
         run_id: get("run_id")?,
@@ -327,6 +342,17 @@ fn run_from_row(row: &SqliteRow) -> Result<Run> {
         token_hash: opt("token_hash")?,
         artifacts,
         log_last_seq,
+        creator_id: opt("creator_id")?,
+        creator: json_opt("creator")?,
+        agent_uid: opt("agent_uid")?,
+        executor: json_opt("executor")?,
+        parent_run_id: opt("parent_run_id")?,
+        conversation_id: opt("conversation_id")?,
+        schedule: json_opt("schedule")?,
+        execution_prompt: opt("execution_prompt")?,
+        pending_followups: count("pending_followups")?,
+        executions: count("executions")?,
+        log_seq_base: u64_from_db("run log_seq_base", log_seq_base)?,
     })
 }
 
@@ -446,7 +472,11 @@ fn push_patch(sql: &mut Sql, patch: RunPatch) -> Result<()> {
         ended_at,
         cancel_requested_at,
         token_hash,
+        new_execution,
     } = patch;
+    if new_execution {
+        sql.push(", executions = executions + 1");
+    }
     let status_message = match status_message {
         None => None,
         Some(None) => Some(None),
@@ -490,6 +520,79 @@ fn terminal_states() -> Vec<RunState> {
         .into_iter()
         .filter(|s| s.is_terminal())
         .collect()
+}
+
+/// Insert a run on `conn` (a pool connection or an open transaction).
+async fn insert_run_on(conn: &mut SqliteConnection, run: NewRun) -> Result<Run> {
+    let config = to_json("run config", &run.config)?;
+    let creator = run
+        .creator
+        .as_ref()
+        .map(|v| to_json("run creator", v))
+        .transpose()?;
+    let executor = run
+        .executor
+        .as_ref()
+        .map(|v| to_json("run executor", v))
+        .transpose()?;
+    let schedule = run
+        .schedule
+        .as_ref()
+        .map(|v| to_json("run schedule", v))
+        .transpose()?;
+    let metadata = to_json("run metadata", &run.metadata)?;
+    let status_message = run
+        .status_message
+        .as_ref()
+        .map(|m| to_json("run status message", m))
+        .transpose()?;
+    let sql = format!(
+        "INSERT INTO runs (run_id, team_id, state, prompt, title, config, metadata, source, \
+         mode, worker_host, name, model_id, environment_id, skill_spec, schedule_id, \
+         created_at, updated_at, status_message, token_hash, artifacts, creator_id, creator, \
+         agent_uid, executor, parent_run_id, conversation_id, schedule) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+         $16, $16, $17, $18, '[]', $19, $20, $21, $22, $23, $24, $25) RETURNING {RUN_COLUMNS}"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(run.run_id.clone())
+        .bind(run.team_id)
+        .bind(RunState::Queued.as_str())
+        .bind(run.prompt)
+        .bind(run.title)
+        .bind(config)
+        .bind(metadata)
+        .bind(run.source)
+        .bind(run.mode)
+        .bind(run.worker_host)
+        .bind(run.name)
+        .bind(run.model_id)
+        .bind(run.environment_id)
+        .bind(run.skill_spec)
+        .bind(run.schedule_id)
+        .bind(run.created_at)
+        .bind(status_message)
+        .bind(run.token_hash)
+        .bind(run.creator_id)
+        .bind(creator)
+        .bind(run.agent_uid)
+        .bind(executor)
+        .bind(run.parent_run_id)
+        .bind(run.conversation_id)
+        .bind(schedule)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("run {}", run.run_id))
+            } else {
+                db("insert run")(e)
+            }
+        })?;
+    run_from_row(
+        rows.first()
+            .ok_or_else(|| corrupt("run", "insert returned no row"))?,
+    )
 }
 
 impl SqliteStore {
@@ -643,52 +746,8 @@ impl Store for SqliteStore {
     }
 
     async fn insert_run(&self, run: NewRun) -> Result<Run> {
-        let config = to_json("run config", &run.config)?;
-        let metadata = to_json("run metadata", &run.metadata)?;
-        let status_message = run
-            .status_message
-            .as_ref()
-            .map(|m| to_json("run status message", m))
-            .transpose()?;
-        let sql = format!(
-            "INSERT INTO runs (run_id, team_id, state, prompt, title, config, metadata, source, \
-             mode, worker_host, name, model_id, environment_id, skill_spec, schedule_id, \
-             created_at, updated_at, status_message, token_hash, artifacts) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-             $16, $16, $17, $18, '[]') RETURNING {RUN_COLUMNS}"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(run.run_id.clone())
-            .bind(run.team_id)
-            .bind(RunState::Queued.as_str())
-            .bind(run.prompt)
-            .bind(run.title)
-            .bind(config)
-            .bind(metadata)
-            .bind(run.source)
-            .bind(run.mode)
-            .bind(run.worker_host)
-            .bind(run.name)
-            .bind(run.model_id)
-            .bind(run.environment_id)
-            .bind(run.skill_spec)
-            .bind(run.schedule_id)
-            .bind(run.created_at)
-            .bind(status_message)
-            .bind(run.token_hash)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!("run {}", run.run_id))
-                } else {
-                    db("insert run")(e)
-                }
-            })?;
-        run_from_row(
-            rows.first()
-                .ok_or_else(|| corrupt("run", "insert returned no row"))?,
-        )
+        let mut conn = self.pool.acquire().await.map_err(db("insert run"))?;
+        insert_run_on(&mut conn, run).await
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<Run>> {
@@ -717,6 +776,7 @@ impl Store for SqliteStore {
             ("schedule_id", &q.schedule_id),
             ("skill_spec", &q.skill_spec),
             ("worker_host", &q.worker_host),
+            ("creator_id", &q.creator),
         ];
         for (column, value) in exact {
             if let Some(value) = value {
@@ -750,6 +810,36 @@ impl Store for SqliteStore {
             sql.push(&format!(
                 " AND (title LIKE {p} ESCAPE '\\' OR prompt LIKE {p} ESCAPE '\\' \
                  OR skill_spec LIKE {p} ESCAPE '\\')"
+            ));
+        }
+        if let Some(executor) = &q.executor {
+            // The executor is the agent when there is one, else the creator.
+            let p = sql.arg(executor.clone());
+            sql.push(&format!(
+                " AND (agent_uid = {p} OR (agent_uid IS NULL AND creator_id = {p}))"
+            ));
+        }
+        if let Some(kind) = &q.artifact_type {
+            let p = sql.arg(kind.clone());
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM json_each(runs.artifacts) AS a \
+                 WHERE json_extract(a.value, '$.artifact_type') = {p})"
+            ));
+        }
+        if let Some(ancestor) = &q.ancestor_run_id {
+            let p = sql.arg(ancestor.clone());
+            sql.push(&format!(
+                " AND run_id IN (WITH RECURSIVE tree(id) AS ( \
+                 SELECT run_id FROM runs WHERE parent_run_id = {p} \
+                 UNION SELECT r.run_id FROM runs AS r JOIN tree ON r.parent_run_id = tree.id) \
+                 SELECT id FROM tree)"
+            ));
+        }
+        if let Some(factory) = &q.factory_uid {
+            let p = sql.arg(factory.clone());
+            sql.push(&format!(
+                " AND agent_uid IN (SELECT uid FROM agents \
+                 WHERE json_extract(spec, '$.factory_uid') = {p})"
             ));
         }
         for (key, value) in &q.metadata {

@@ -46,6 +46,13 @@ fn new_run(run_id: &str, team_id: &str, created_at: &str) -> NewRun {
         status_message: None,
         token_hash: format!("token-{run_id}"),
         created_at: created_at.to_owned(),
+        creator_id: None,
+        creator: None,
+        agent_uid: None,
+        executor: None,
+        parent_run_id: None,
+        conversation_id: None,
+        schedule: None,
     }
 }
 
@@ -182,6 +189,15 @@ mod story {
         nr.skill_spec = Some("org/repo:skill".to_owned());
         nr.schedule_id = Some("sched".to_owned());
         nr.status_message = Some(StatusMessage::info("queued behind 2 runs"));
+        nr.creator_id = Some("key-1".to_owned());
+        nr.creator = Some(json!({"uid": "key-1", "type": "service_account"}));
+        nr.agent_uid = Some("agent-1".to_owned());
+        nr.executor = Some(json!({"uid": "agent-1", "display_name": "bot"}));
+        nr.parent_run_id = Some("r0".to_owned());
+        nr.conversation_id = Some("c-1".to_owned());
+        nr.schedule = Some(
+            json!({"schedule_id": "sched", "schedule_name": "n", "cron_schedule": "0 9 * * *"}),
+        );
         let run = s.insert_run(nr.clone()).await.unwrap();
         let expected = Run {
             run_id: "r1".to_owned(),
@@ -211,6 +227,19 @@ mod story {
             token_hash: Some("token-r1".to_owned()),
             artifacts: vec![],
             log_last_seq: None,
+            creator_id: Some("key-1".to_owned()),
+            creator: Some(json!({"uid": "key-1", "type": "service_account"})),
+            agent_uid: Some("agent-1".to_owned()),
+            executor: Some(json!({"uid": "agent-1", "display_name": "bot"})),
+            parent_run_id: Some("r0".to_owned()),
+            conversation_id: Some("c-1".to_owned()),
+            schedule: Some(
+                json!({"schedule_id": "sched", "schedule_name": "n", "cron_schedule": "0 9 * * *"}),
+            ),
+            execution_prompt: None,
+            pending_followups: 0,
+            executions: 0,
+            log_seq_base: 0,
         };
         assert_eq!(run, expected);
         assert_eq!(s.get_run("r1").await.unwrap(), Some(expected.clone()));
@@ -389,6 +418,7 @@ mod story {
                     ended_at: Some(Some(at(7))),
                     cancel_requested_at: Some(None),
                     token_hash: Some(None),
+                    new_execution: true,
                 },
                 &at(7),
             )
@@ -397,6 +427,7 @@ mod story {
             .unwrap();
         assert_eq!(ended.state, RunState::Succeeded);
         assert_eq!(ended.ended_at, Some(at(7)));
+        assert_eq!(ended.executions, 1);
         assert_eq!(ended.execution_id, None);
         assert_eq!(ended.started_at, None);
         assert_eq!(ended.cancel_requested_at, None);
