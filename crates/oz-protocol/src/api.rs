@@ -134,6 +134,76 @@ pub struct AgentRunParams {
     pub agent_identity_uid: Option<String>,
     #[serde(default)]
     pub team: Option<bool>,
+    #[serde(default)]
+    pub on_behalf_of: Option<String>,
+    #[serde(default)]
+    pub attachments: Option<Vec<Value>>,
+}
+
+/// History of a schedule's firings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleHistory {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ran: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<String>,
+}
+
+/// `ScheduledAgentItem`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduledAgentItem {
+    pub id: String,
+    pub name: String,
+    pub cron_schedule: String,
+    pub enabled: bool,
+    pub prompt: String,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<Value>,
+    /// The resolved `CloudEnvironmentConfig` of `agent_config.environment_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<ScheduleHistory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_spawn_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+}
+
+/// `POST /agent/schedules` body (`ScheduleCreateParams`) and, with `cron_schedule`,
+/// `enabled` and `name` required, `PUT /agent/schedules/{id}` (`ScheduleUpdateParams`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScheduleParams {
+    #[serde(default)]
+    pub cron_schedule: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub agent_config: Option<Value>,
+    #[serde(default)]
+    pub agent_uid: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub team: Option<bool>,
 }
 
 /// `POST /agent/runs` answer.
@@ -187,6 +257,29 @@ pub struct RunItem {
     pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_message: Option<StatusMessage>,
+    /// `{name?, full_path?, description?, bundled_skill_id?}` of the run's skill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_skill: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// The current execution's id while the run is held by a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// `UserProfile` of who created the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<Value>,
+    /// `UserProfile` of the execution principal (the agent identity, or the creator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
+    /// `{cron_schedule, schedule_id, schedule_name}` for scheduled runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Value>,
+    /// Ours: what the current execution is asked to do when follow-ups
+    /// came in (the prompt, then each follow-up); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_prompt: Option<String>,
 }
 
 /// `page_info` of the runs list.

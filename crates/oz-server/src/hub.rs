@@ -149,12 +149,19 @@ impl Hub {
 
     /// The dispatcher and timer loop; returns when `stop` fires.
     pub async fn run_dispatcher(self: Arc<Self>, stop: CancellationToken) {
+        let mut last_timer_pass: Option<std::time::Instant> = None;
         loop {
             if let Err(e) = self.dispatch_pass().await {
                 tracing::error!(error = %e, "dispatch pass failed");
             }
-            if let Err(e) = self.timer_pass().await {
-                tracing::error!(error = %e, "timer pass failed");
+            // Leases and deadlines are checked once per tick, not after
+            // every wake: a busy server is woken for every run, and the
+            // timer pass reads every active run (bench/REPORT.md, cause 3).
+            if last_timer_pass.is_none_or(|t| t.elapsed() >= TICK) {
+                last_timer_pass = Some(std::time::Instant::now());
+                if let Err(e) = self.timer_pass().await {
+                    tracing::error!(error = %e, "timer pass failed");
+                }
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -302,6 +309,7 @@ impl Hub {
             assigned_at: Some(Some(now_ts.to_owned())),
             token_hash: Some(Some(auth::hash(&token))),
             status_message: Some(None),
+            new_execution: true,
             ..Default::default()
         };
         let Some(run) = self
@@ -420,7 +428,8 @@ impl Hub {
                 id: run.run_id.clone(),
                 title: Some(run.title.clone()),
                 task_definition: Some(TaskDefinition {
-                    prompt: Some(run.prompt.clone()),
+                    // The run's prompt, plus any follow-ups for this execution.
+                    prompt: Some(run.current_prompt().to_owned()),
                 }),
                 created_at: Some(run.created_at.clone().into()),
                 updated_at: Some(run.updated_at.clone().into()),
@@ -558,11 +567,25 @@ impl Hub {
             .store
             .transition(run_id, from, to, patch, &now_ts)
             .await?;
-        if run.is_some() {
+        if let Some(ended) = &run {
             tracing::info!(run_id, state = %to, "run ended");
             self.forget(run_id);
-            self.wake();
             self.logs.publish(run_id, LogEvent::Changed);
+            // Follow-ups that waited for this execution start the next one.
+            // (The count comes back with the transition: no extra query.)
+            if ended.pending_followups > 0 {
+                match self.store.requeue_for_followups(run_id, &now()).await {
+                    Ok(Some(_)) => {
+                        tracing::info!(run_id, "run queued again for its follow-ups");
+                        self.logs.publish(run_id, LogEvent::Changed);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(run_id, error = %e, "cannot queue the run for its follow-ups; they stay pending until the next follow-up")
+                    }
+                }
+            }
+            self.wake();
         }
         Ok(run)
     }
@@ -808,19 +831,23 @@ impl Hub {
     }
 
     /// The run of a log frame, if it exists and belongs to `team_id`.
-    async fn log_run(&self, team_id: &str, run_id: &str) -> Result<bool, oz_store::StoreError> {
-        let ok = self
+    async fn log_run(
+        &self,
+        team_id: &str,
+        run_id: &str,
+    ) -> Result<Option<Run>, oz_store::StoreError> {
+        let run = self
             .store
             .get_run(run_id)
             .await?
-            .is_some_and(|r| r.team_id == team_id);
-        if !ok {
+            .filter(|r| r.team_id == team_id);
+        if run.is_none() {
             tracing::debug!(
                 run_id,
                 "dropping log frame: no such run in the worker's team"
             );
         }
-        Ok(ok)
+        Ok(run)
     }
 
     /// Store one `log_lines` frame (in one transaction) and publish the
@@ -836,19 +863,30 @@ impl Hub {
         team_id: &str,
         batch: &LogLines,
     ) -> Result<Option<u64>, oz_store::StoreError> {
-        if batch.lines.is_empty() || !self.log_run(team_id, &batch.task_id).await? {
+        if batch.lines.is_empty() {
             return Ok(None);
         }
+        let Some(run) = self.log_run(team_id, &batch.task_id).await? else {
+            return Ok(None);
+        };
+        // Workers number every execution's lines from 1; a later execution
+        // (after a follow-up) is stored after the earlier ones.
+        let base = run.log_seq_base;
         let mut records = Vec::with_capacity(batch.lines.len());
         for line in &batch.lines {
-            if line.seq == 0 || i64::try_from(line.seq).is_err() {
+            let stored = line
+                .seq
+                .checked_add(base)
+                .filter(|s| i64::try_from(*s).is_ok());
+            let Some(stored) = stored.filter(|_| line.seq != 0) else {
                 tracing::warn!(run_id = %batch.task_id, seq = line.seq, "dropping a log line with an invalid seq");
                 continue;
-            }
-            let record = LogRecord::from_line(line).unwrap_or_else(|e| {
+            };
+            let mut record = LogRecord::from_line(line).unwrap_or_else(|e| {
                 tracing::warn!(run_id = %batch.task_id, error = %e, "storing an undecodable log line as a gap");
                 LogRecord::from_line_lossy(line)
             });
+            record.seq = stored;
             records.push(record);
         }
         // Stable: of two lines with one seq in a frame, the first is kept,
@@ -862,7 +900,8 @@ impl Hub {
         let lines = records.iter().map(LogRecord::to_line).collect();
         self.logs
             .publish(&batch.task_id, LogEvent::Lines(Arc::new(lines)));
-        Ok(Some(last))
+        // Acknowledge in the worker's own numbering.
+        Ok(Some(last - base))
     }
 
     /// Record a `log_end` and tell live readers. False when dropped.
@@ -871,14 +910,18 @@ impl Hub {
         team_id: &str,
         end: &LogEnd,
     ) -> Result<bool, oz_store::StoreError> {
-        if !self.log_run(team_id, &end.task_id).await? {
+        let Some(run) = self.log_run(team_id, &end.task_id).await? else {
             return Ok(false);
-        }
-        if i64::try_from(end.last_seq).is_err() {
+        };
+        let Some(last) = end
+            .last_seq
+            .checked_add(run.log_seq_base)
+            .filter(|s| i64::try_from(*s).is_ok())
+        else {
             tracing::warn!(run_id = %end.task_id, last_seq = end.last_seq, "dropping a log_end with an invalid seq");
             return Ok(false);
-        }
-        let stored = self.store.set_log_end(&end.task_id, end.last_seq).await?;
+        };
+        let stored = self.store.set_log_end(&end.task_id, last).await?;
         self.logs.publish(&end.task_id, LogEvent::Changed);
         Ok(stored)
     }

@@ -5,7 +5,7 @@
 //! Code map: [`api`] (one module per resource), [`ws`] (the worker
 //! WebSocket), [`hub`] (connections, dispatcher, run life cycle),
 //! [`auth`] (keys and run tokens), [`keys`] (key creation, bootstrap),
-//! [`logs`] (live log readers, retention),
+//! [`logs`] (live log readers, retention), [`scheduler`] (schedules → runs),
 //! [`error`] (problem+json), [`state`] (shared state and settings).
 #![forbid(unsafe_code)]
 
@@ -15,6 +15,7 @@ pub mod error;
 pub mod hub;
 pub mod keys;
 pub mod logs;
+pub mod scheduler;
 pub mod state;
 pub mod ws;
 
@@ -48,11 +49,15 @@ pub async fn state(
     let settings = Arc::new(settings);
     let hub = Hub::new(store.clone(), settings.clone());
     hub.recover().await?;
+    let candidate: [u8; 32] = rand::random();
+    let url_key = store.server_secret("download-url-key", &candidate).await?;
     Ok(AppState {
         store,
         hub,
         settings,
         shutdown,
+        scheduler: Arc::new(tokio::sync::Notify::new()),
+        url_key: Arc::new(url_key),
     })
 }
 
@@ -132,6 +137,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     let stop = state.shutdown.clone();
     let dispatcher = tokio::spawn(state.hub.clone().run_dispatcher(stop.clone()));
+    let scheduler = tokio::spawn(scheduler::run(state.clone(), stop.clone()));
     let retention = state
         .settings
         .log_retention
@@ -152,6 +158,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()>
     stop.cancel();
     state.hub.close_all();
     let _ = dispatcher.await;
+    let _ = scheduler.await;
     if let Some(retention) = retention {
         let _ = retention.await;
     }

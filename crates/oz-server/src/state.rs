@@ -52,6 +52,10 @@ pub struct AppState {
     pub settings: Arc<ServerSettings>,
     /// Fires when the server shuts down (closes worker connections).
     pub shutdown: CancellationToken,
+    /// Wakes the scheduler when a schedule changes.
+    pub scheduler: Arc<tokio::sync::Notify>,
+    /// Key that signs download URLs (shared by replicas through the store).
+    pub url_key: Arc<Vec<u8>>,
 }
 
 impl AppState {

@@ -18,6 +18,15 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 const MAX_METADATA_KEYS: usize = 20;
+/// Harness types of `AmbientAgentConfig.harness.type` in the official SDK.
+const SDK_HARNESSES: [&str; 4] = ["oz", "claude", "gemini", "codex"];
+const ARTIFACT_TYPES: [&str; 5] = [
+    "PLAN",
+    "PULL_REQUEST",
+    "SCREENSHOT",
+    "FILE",
+    "EXTERNAL_REFERENCE",
+];
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 500;
 
@@ -28,10 +37,14 @@ pub async fn create(
 ) -> ApiResult<Json<AgentRunResponse>> {
     let key = principal.require_team()?;
     let params: AgentRunParams = super::json_body(&body)?;
-    let mut new = validate_new_run(&state, &key.team_id, params)?;
-    new.status_message = Some(StatusMessage::info(
-        state.hub.waiting_reason(&key.team_id, &new.worker_host),
-    ));
+    let origin = Origin {
+        team_id: key.team_id.clone(),
+        creator_id: Some(key.id.clone()),
+        creator: Some(key_profile(key)),
+        source: "API",
+        schedule: None,
+    };
+    let new = build_run(&state, origin, params).await?;
     let run = state.store.insert_run(new).await?;
     tracing::info!(run_id = %run.run_id, worker_host = %run.worker_host, "run queued");
     state.hub.wake();
@@ -43,6 +56,26 @@ pub async fn create(
     }))
 }
 
+/// Where a new run comes from: the API (a key) or a schedule.
+pub(crate) struct Origin {
+    pub team_id: String,
+    pub creator_id: Option<String>,
+    pub creator: Option<Value>,
+    pub source: &'static str,
+    /// `{cron_schedule, schedule_id, schedule_name}` of a firing.
+    pub schedule: Option<(String, Value)>,
+}
+
+/// `UserProfile` of an API key (keys stand for service accounts).
+pub(crate) fn key_profile(key: &oz_store::ApiKey) -> Value {
+    json!({"uid": key.id, "display_name": key.name, "type": "service_account"})
+}
+
+/// `UserProfile` of an agent identity.
+pub(crate) fn agent_profile(agent: &oz_store::Agent) -> Value {
+    json!({"uid": agent.uid, "display_name": agent.name, "type": "service_account"})
+}
+
 fn non_empty(v: Option<&Value>) -> Option<String> {
     v.and_then(Value::as_str)
         .map(str::trim)
@@ -50,12 +83,99 @@ fn non_empty(v: Option<&Value>) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn validate_new_run(state: &AppState, team_id: &str, p: AgentRunParams) -> ApiResult<NewRun> {
+/// Deepest chain of orchestration parents a run may have.
+const MAX_ORCHESTRATION_DEPTH: usize = 10;
+const MAX_ATTACHMENTS: usize = 5;
+
+/// Check a run request and resolve its configuration. Precedence, as
+/// documented: the run's own `config`, then the agent identity's defaults,
+/// then the server's default (worker host) or none.
+pub(crate) async fn build_run(
+    state: &AppState,
+    origin: Origin,
+    p: AgentRunParams,
+) -> ApiResult<NewRun> {
+    let team_id = origin.team_id.clone();
     let mut config = match p.config {
         None | Some(Value::Null) => serde_json::Map::new(),
         Some(Value::Object(m)) => m,
         Some(_) => return Err(ApiError::bad_request("config must be a JSON object")),
     };
+    if p.team == Some(false) {
+        return Err(ApiError::bad_request(
+            "personal (team: false) runs are not offered by this server: every run belongs to the key's team; omit team or set it to true",
+        ));
+    }
+    if p.on_behalf_of.is_some() {
+        return Err(ApiError::bad_request(
+            "on_behalf_of needs an agent API key with on_behalf_of enabled, which this server does not issue; omit it",
+        ));
+    }
+    validate_attachments(p.attachments.as_deref())?;
+
+    // The agent identity's defaults fill what the run leaves unset.
+    let agent = match p.agent_identity_uid.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(uid) => Some(state.store.get_agent(&team_id, uid).await?.ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "agent_identity_uid {uid:?} is not an agent of this team (see GET /agent/identities)"
+            ))
+        })?),
+    };
+    if let Some(agent) = &agent {
+        let spec = &agent.spec;
+        let inherit = [
+            ("worker_host", "worker_host"),
+            ("model_id", "base_model"),
+            ("environment_id", "environment_id"),
+            ("runner_id", "default_runner_uid"),
+            ("credential_strategy", "credential_strategy"),
+            ("base_prompt", "prompt"),
+        ];
+        for (run_key, agent_key) in inherit {
+            if non_empty(config.get(run_key)).is_none()
+                && let Some(v) = non_empty(spec.get(agent_key))
+            {
+                config.insert(run_key.into(), json!(v));
+            }
+        }
+        for key in ["harness", "harness_auth_secrets", "inference_providers"] {
+            let unset = config.get(key).is_none_or(Value::is_null);
+            if unset && let Some(v) = spec.get(key).filter(|v| v.is_object()) {
+                config.insert(key.into(), v.clone());
+            }
+        }
+        let no_mcp = config.get("mcp_servers").is_none_or(Value::is_null);
+        if no_mcp
+            && let Some(v) = spec
+                .get("mcp_servers")
+                .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()))
+        {
+            config.insert("mcp_servers".into(), v.clone());
+        }
+        if config.get("skills").is_none_or(Value::is_null)
+            && config.get("skill_spec").is_none_or(Value::is_null)
+            && let Some(skills) = spec
+                .get("skills")
+                .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+        {
+            config.insert("skills".into(), skills.clone());
+        }
+    }
+
+    // The official SDK knows four harness types and rejects any other in
+    // strict mode; our runner's own (`command`, custom ones) are kept under
+    // `runner_harness`, so that listing runs keeps working for SDK users.
+    if let Some(kind) = config
+        .get("harness")
+        .and_then(|h| h.get("type"))
+        .and_then(Value::as_str)
+        && !SDK_HARNESSES.contains(&kind)
+        && let Some(h) = config.remove("harness")
+    {
+        config.insert("runner_harness".into(), h);
+    }
+
     // A top-level skill wins over config.skill_spec.
     let skill_spec = p
         .skill
@@ -74,7 +194,11 @@ fn validate_new_run(state: &AppState, team_id: &str, p: AgentRunParams) -> ApiRe
         config.insert("skill_spec".into(), json!(s));
     }
     let prompt = p.prompt.unwrap_or_default();
-    if prompt.trim().is_empty() && skill_spec.is_none() {
+    let handoff = p
+        .conversation_id
+        .as_deref()
+        .is_some_and(|c| !c.trim().is_empty());
+    if prompt.trim().is_empty() && skill_spec.is_none() && !handoff {
         return Err(ApiError::bad_request(
             "prompt is required unless a skill is given (skill, config.skill_spec or config.skills)",
         ));
@@ -90,12 +214,20 @@ fn validate_new_run(state: &AppState, team_id: &str, p: AgentRunParams) -> ApiRe
         Some(h) => h,
         None => {
             return Err(ApiError::bad_request(
-                "no worker host: set config.worker_host to a worker id, or start oz-server with --default-worker-host",
+                "no worker host: set config.worker_host to a worker id (or the agent identity's worker_host), or start oz-server with --default-worker-host",
             ));
         }
     };
     config.insert("worker_host".into(), json!(worker_host));
-    let metadata = p.metadata.unwrap_or_default();
+    let environment_id = non_empty(config.get("environment_id"));
+    if let Some(env) = &environment_id
+        && state.store.get_environment(&team_id, env).await?.is_none()
+    {
+        return Err(ApiError::bad_request(format!(
+            "environment {env:?} does not exist in this team (see GET /agent/environments)"
+        )));
+    }
+    let mut metadata = p.metadata.unwrap_or_default();
     validate_metadata(&metadata)?;
     if let Some(mode) = &p.mode
         && !matches!(mode.as_str(), "normal" | "plan" | "orchestrate")
@@ -104,31 +236,135 @@ fn validate_new_run(state: &AppState, team_id: &str, p: AgentRunParams) -> ApiRe
             "mode {mode:?} is not one of normal, plan, orchestrate"
         )));
     }
+
+    // Orchestration: the parent must be a run of the team, not too deep;
+    // its metadata is inherited under the request's own keys.
+    let mut source = origin.source;
+    let parent_run_id = match p.parent_run_id.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(parent_id) => {
+            let parent = state
+                .store
+                .get_run(parent_id)
+                .await?
+                .filter(|r| r.team_id == team_id)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "parent_run_id {parent_id:?} is not a run of this team"
+                    ))
+                })?;
+            let mut depth = 1;
+            let mut up = parent.parent_run_id.clone();
+            while let Some(id) = up {
+                depth += 1;
+                if depth > MAX_ORCHESTRATION_DEPTH {
+                    return Err(ApiError::bad_request(format!(
+                        "orchestration is limited to {MAX_ORCHESTRATION_DEPTH} levels of parent runs"
+                    )));
+                }
+                up = state
+                    .store
+                    .get_run(&id)
+                    .await?
+                    .and_then(|r| r.parent_run_id);
+            }
+            for (k, v) in &parent.metadata {
+                metadata.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            validate_metadata(&metadata)?;
+            source = "ORCHESTRATION";
+            Some(parent.run_id)
+        }
+    };
     let title = p
         .title
         .filter(|t| !t.trim().is_empty())
         .unwrap_or_else(|| derive_title(&prompt, skill_spec.as_deref()));
     let now = crate::now();
-    Ok(NewRun {
+    let (schedule_id, schedule) = match origin.schedule {
+        Some((id, info)) => (Some(id), Some(info)),
+        None => (None, None),
+    };
+    let (agent_uid, executor) = match &agent {
+        Some(a) => (Some(a.uid.clone()), Some(agent_profile(a))),
+        None => (None, origin.creator.clone()),
+    };
+    let mut new = NewRun {
         run_id: uuid::Uuid::now_v7().to_string(),
-        team_id: team_id.to_owned(),
+        team_id,
         prompt,
         title,
         name: non_empty(config.get("name")),
         model_id: non_empty(config.get("model_id")),
-        environment_id: non_empty(config.get("environment_id")),
+        environment_id,
         skill_spec,
-        schedule_id: None,
+        schedule_id,
         config: Value::Object(config),
         metadata,
-        source: "API".into(),
+        source: source.into(),
         mode: p.mode,
         worker_host,
         status_message: None,
         // Replaced by a fresh token at each assignment; this one is never given out.
         token_hash: auth::hash(&auth::new_secret(auth::RUN_TOKEN_PREFIX)),
         created_at: now,
-    })
+        creator_id: origin.creator_id,
+        creator: origin.creator,
+        agent_uid,
+        executor,
+        parent_run_id,
+        conversation_id: Some(
+            p.conversation_id
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        ),
+        schedule,
+    };
+    new.status_message = Some(StatusMessage::info(
+        state.hub.waiting_reason(&new.team_id, &new.worker_host),
+    ));
+    Ok(new)
+}
+
+fn validate_attachments(attachments: Option<&[Value]>) -> ApiResult<()> {
+    let Some(list) = attachments else {
+        return Ok(());
+    };
+    if list.len() > MAX_ATTACHMENTS {
+        return Err(ApiError::bad_request(format!(
+            "attachments has {} entries; at most {MAX_ATTACHMENTS} are allowed",
+            list.len()
+        )));
+    }
+    for (i, a) in list.iter().enumerate() {
+        let field = |name: &str| a.get(name).and_then(Value::as_str);
+        let (Some(data), Some(_), Some(mime)) =
+            (field("data"), field("file_name"), field("mime_type"))
+        else {
+            return Err(ApiError::bad_request(format!(
+                "attachments[{i}] needs data (base64), file_name and mime_type as strings"
+            )));
+        };
+        if !matches!(
+            mime,
+            "image/jpeg" | "image/png" | "image/gif" | "image/webp"
+        ) {
+            return Err(ApiError::bad_request(format!(
+                "attachments[{i}].mime_type {mime:?} is not one of image/jpeg, image/png, image/gif, image/webp"
+            )));
+        }
+        use base64::Engine as _;
+        if base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .is_err()
+        {
+            return Err(ApiError::bad_request(format!(
+                "attachments[{i}].data is not valid base64"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn validate_metadata(m: &BTreeMap<String, String>) -> ApiResult<()> {
@@ -418,7 +654,20 @@ pub fn run_item(run: &Run) -> RunItem {
         }),
         source: Some(run.source.clone()),
         status_message: run.status_message.clone(),
+        agent_skill: run.skill_spec.as_deref().map(agent_skill),
+        conversation_id: run.conversation_id.clone(),
+        session_id: run.execution_id.clone().filter(|_| run.state.is_active()),
+        creator: run.creator.clone(),
+        executor: run.executor.clone(),
+        parent_run_id: run.parent_run_id.clone(),
+        schedule: run.schedule.clone(),
+        execution_prompt: run.execution_prompt.clone(),
     }
+}
+
+/// `RunItem.agent_skill` of a skill spec.
+fn agent_skill(spec: &str) -> Value {
+    json!({"name": super::skills::skill_name(spec), "full_path": spec})
 }
 
 /// ISO-8601 duration from start to end (or now while running).
@@ -428,13 +677,23 @@ fn run_time(run: &Run) -> Option<String> {
         Some(e) => oz_store::parse_ts(e)?,
         None => chrono::Utc::now(),
     };
-    let secs = (end - start).num_seconds().max(0);
-    Some(format!(
-        "PT{}H{}M{}S",
-        secs / 3600,
-        (secs % 3600) / 60,
-        secs % 60
-    ))
+    Some(iso_duration((end - start).num_seconds().max(0)))
+}
+
+/// `PT2M30S`: ISO-8601 with the zero parts left out (`PT0S` for nothing).
+fn iso_duration(secs: i64) -> String {
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::from("PT");
+    if h > 0 {
+        out.push_str(&format!("{h}H"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}M"));
+    }
+    if s > 0 || (h == 0 && m == 0) {
+        out.push_str(&format!("{s}S"));
+    }
+    out
 }
 
 /// Opaque cursor: the keyset position plus the sort it belongs to.
@@ -461,6 +720,7 @@ pub async fn list(
         ..Default::default()
     };
     let mut cursor: Option<String> = None;
+    let mut only_remote = true;
     let raw = raw.unwrap_or_default();
     for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
         let v = v.into_owned();
@@ -499,6 +759,43 @@ pub async fn list(
                 })
             }
             "worker_host" => q.worker_host = Some(v),
+            "creator" => q.creator = Some(v),
+            "executor" => q.executor = Some(v),
+            "factory_uid" => q.factory_uid = Some(v),
+            "automation_id" => q.metadata.push(("automation_id".to_owned(), v)),
+            "execution_location" => match v.as_str() {
+                // Every run of this server runs on a self-hosted worker.
+                "REMOTE" => {}
+                "LOCAL" => only_remote = false,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "execution_location {v:?} is not LOCAL or REMOTE"
+                    )));
+                }
+            },
+            "artifact_type" => {
+                if !ARTIFACT_TYPES.contains(&v.as_str()) {
+                    return Err(ApiError::bad_request(format!(
+                        "artifact_type {v:?} is not one of {}",
+                        ARTIFACT_TYPES.join(", ")
+                    )));
+                }
+                q.artifact_type = Some(v);
+            }
+            "ancestor_run_id" => {
+                // Must exist and be visible, as documented.
+                if state
+                    .store
+                    .get_run(&v)
+                    .await?
+                    .is_none_or(|r| r.team_id != key.team_id)
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "ancestor_run_id {v:?} is not a run of this team"
+                    )));
+                }
+                q.ancestor_run_id = Some(v);
+            }
             "sort_by" => {
                 q.sort_by = match v.as_str() {
                     "updated_at" => SortBy::UpdatedAt,
@@ -557,7 +854,11 @@ pub async fn list(
     }
     let limit = q.limit;
     q.limit = limit + 1;
-    let mut runs = state.store.list_runs(&q).await?;
+    let mut runs = if only_remote {
+        state.store.list_runs(&q).await?
+    } else {
+        Vec::new()
+    };
     let has_next = runs.len() > limit as usize;
     runs.truncate(limit as usize);
     let next_cursor = if has_next {
@@ -597,6 +898,14 @@ mod tests {
         assert_eq!(derive_title("", Some("o/r:SKILL.md")), "o/r:SKILL.md");
         let long = "x".repeat(100);
         assert_eq!(derive_title(&long, None).chars().count(), 81);
+    }
+
+    #[test]
+    fn run_time_is_compact_iso_8601() {
+        assert_eq!(iso_duration(0), "PT0S");
+        assert_eq!(iso_duration(150), "PT2M30S");
+        assert_eq!(iso_duration(3600), "PT1H");
+        assert_eq!(iso_duration(3661), "PT1H1M1S");
     }
 
     #[test]
