@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use oz_protocol::api::{AgentRunResponse, RunItem, RunList};
 use reqwest::StatusCode;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// Environment variable of the API base URL (the official SDK's name).
 pub const ENV_BASE_URL: &str = "OZ_API_BASE_URL";
@@ -177,6 +177,16 @@ impl Client {
         self.send(self.http.post(&url).json(body), &url).await
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let url = self.url(path);
+        self.send(self.http.put(&url).json(body), &url).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = self.url(path);
+        self.send(self.http.delete(&url), &url).await
+    }
+
     pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = self.url(path);
         let req = self
@@ -248,6 +258,36 @@ impl Client {
         .await
     }
 
+    pub async fn create_schedule(&self, params: &Value) -> Result<ScheduledAgentItem> {
+        self.post("/agent/schedules", params).await
+    }
+
+    /// All schedules, sorted by name.
+    pub async fn list_schedules(&self) -> Result<ScheduleList> {
+        self.get("/agent/schedules").await
+    }
+
+    pub async fn get_schedule(&self, id: &str) -> Result<ScheduledAgentItem> {
+        self.get(&schedule_path(id, "")).await
+    }
+
+    /// Full replace: `params` must hold name, cron_schedule and enabled.
+    pub async fn update_schedule(&self, id: &str, params: &Value) -> Result<ScheduledAgentItem> {
+        self.put(&schedule_path(id, ""), params).await
+    }
+
+    pub async fn delete_schedule(&self, id: &str) -> Result<ScheduleDeleteResponse> {
+        self.delete(&schedule_path(id, "")).await
+    }
+
+    pub async fn pause_schedule(&self, id: &str) -> Result<ScheduledAgentItem> {
+        self.post_empty(&schedule_path(id, "/pause")).await
+    }
+
+    pub async fn resume_schedule(&self, id: &str) -> Result<ScheduledAgentItem> {
+        self.post_empty(&schedule_path(id, "/resume")).await
+    }
+
     /// Ours: connected workers.
     pub async fn list_workers(&self) -> Result<Vec<Value>> {
         let v: Value = self.get("/workers").await?;
@@ -256,6 +296,107 @@ impl Client {
             .cloned()
             .unwrap_or_default())
     }
+}
+
+fn schedule_path(id: &str, verb: &str) -> String {
+    format!("/agent/schedules/{}{verb}", encode_segment(id))
+}
+
+// ---- schedule models (oz-api.md §5.5) ---------------------------------------
+//
+// Fields this client does not know are kept (`extra`) and `agent_config`
+// stays a JSON map: `oz schedule update` sends the schedule back whole (PUT is
+// a full replace), and `--output json` prints the API's answer.
+
+/// `ScheduledAgentItem`: one schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledAgentItem {
+    pub id: String,
+    pub name: String,
+    /// Five-field cron, UTC.
+    pub cron_schedule: String,
+    /// false = paused.
+    pub enabled: bool,
+    #[serde(default)]
+    pub prompt: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// `AmbientAgentConfig`: model_id, environment_id, worker_host,
+    /// skill_spec, mcp_servers, harness, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_uid: Option<String>,
+    /// The resolved `CloudEnvironmentConfig` (name, docker_image, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<ScheduleHistory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_spawn_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// created_by, updated_by and anything newer.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ScheduledAgentItem {
+    /// A string field of `agent_config` (`environment_id`, `worker_host`, …).
+    pub fn config_str(&self, key: &str) -> Option<&str> {
+        self.agent_config
+            .as_ref()?
+            .get(key)?
+            .as_str()
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn last_ran(&self) -> Option<&str> {
+        self.history.as_ref()?.last_ran.as_deref()
+    }
+
+    pub fn next_run(&self) -> Option<&str> {
+        self.history.as_ref()?.next_run.as_deref()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleHistory {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ran: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Who owns a schedule: `User` or `Team`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scope {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `ScheduleListResponse`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduledAgentItem>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `ScheduleDeleteResponse`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleDeleteResponse {
+    pub success: bool,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
@@ -328,6 +469,38 @@ mod tests {
     #[test]
     fn segments_are_encoded() {
         assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn schedules_keep_fields_this_client_does_not_know() {
+        let raw = serde_json::json!({
+            "id": "s1", "name": "nightly", "cron_schedule": "0 9 * * *", "enabled": true,
+            "prompt": "p", "created_at": "t0", "updated_at": "t1",
+            "agent_config": {"worker_host": "w1", "harness": {"type": "claude"}},
+            "history": {"next_run": "t2", "streak": 3},
+            "scope": {"type": "Team", "uid": "team1"},
+            "created_by": {"uid": "u1"}
+        });
+        let item: ScheduledAgentItem = serde_json::from_value(raw.clone()).unwrap();
+        assert_eq!(item.config_str("worker_host"), Some("w1"));
+        assert_eq!(item.next_run(), Some("t2"));
+        assert_eq!(item.last_ran(), None);
+        assert_eq!(serde_json::to_value(&item).unwrap(), raw);
+        let minimal: ScheduledAgentItem = serde_json::from_value(serde_json::json!({
+            "id": "s1", "name": "n", "cron_schedule": "* * * * *", "enabled": false,
+            "created_at": "t0", "updated_at": "t1", "history": null, "scope": null
+        }))
+        .unwrap();
+        assert_eq!(minimal.prompt, "");
+        assert_eq!(minimal.next_run(), None);
+    }
+
+    #[test]
+    fn schedule_ids_are_one_path_segment() {
+        assert_eq!(
+            schedule_path("a/b", "/pause"),
+            "/agent/schedules/a%2Fb/pause"
+        );
     }
 
     #[test]

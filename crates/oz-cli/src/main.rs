@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use oz_cli::client::Client;
-use oz_cli::commands::{self, agent::RunCloudArgs, quickstart::QuickstartArgs, run::ListOptions};
+use oz_cli::commands::{
+    self, agent::RunCloudArgs, quickstart::QuickstartArgs, run::ListOptions,
+    schedule::ScheduleCommand,
+};
 use oz_cli::output::Format;
 use oz_protocol::api::RunState;
 
@@ -43,6 +46,9 @@ enum Command {
     /// Inspect connected workers.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Run agents on a cron schedule: create, list, get, update, pause, unpause, delete.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Start a server and a Direct worker here, run a demo, show what to try next.
     Quickstart(QuickstartArgs),
 }
@@ -218,6 +224,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
         }
         Command::Worker(WorkerCommand::List { output }) => {
             with_client!(|c: Client| async move { commands::worker::list(&c, output).await })
+        }
+        Command::Schedule(cmd) => {
+            with_client!(|c: Client| async move { commands::schedule::run(&c, cmd).await })
         }
         Command::Quickstart(a) => commands::quickstart::run(a).await,
     }

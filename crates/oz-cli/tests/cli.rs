@@ -186,7 +186,11 @@ async fn run_file_sets_the_fields_and_flags_override_it() {
     assert_eq!(run["title"], "From the file", "{run}");
     assert_eq!(run["agent_config"]["worker_host"], "file-host", "{run}");
     assert_eq!(run["agent_config"]["name"], "nightly", "{run}");
-    assert_eq!(run["agent_config"]["harness"]["type"], "command", "{run}");
+    // Not a harness type the official API names: kept under runner_harness.
+    assert_eq!(
+        run["agent_config"]["runner_harness"]["type"], "command",
+        "{run}"
+    );
     assert_eq!(
         run["metadata"],
         json!({"team": "platform", "ticket": "ABC-1"}),
@@ -223,7 +227,11 @@ async fn run_file_sets_the_fields_and_flags_override_it() {
     assert_eq!(run["agent_config"]["worker_host"], "flag-host", "{run}");
     assert_eq!(run["agent_config"]["name"], "weekly", "{run}");
     // What the flags do not name still comes from the file.
-    assert_eq!(run["agent_config"]["harness"]["type"], "command", "{run}");
+    // Not a harness type the official API names: kept under runner_harness.
+    assert_eq!(
+        run["agent_config"]["runner_harness"]["type"], "command",
+        "{run}"
+    );
     assert_eq!(
         run["metadata"],
         json!({"team": "platform", "ticket": "XYZ-9"}),

@@ -1,7 +1,7 @@
 //! `oz agent run-cloud`: submit a run (optionally from a YAML file) and,
 //! with `--follow`, follow it to the end.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -55,31 +55,7 @@ pub struct RunCloudArgs {
 pub fn build_params(a: &RunCloudArgs) -> Result<Value, String> {
     let mut body: Map<String, Value> = match &a.file {
         None => Map::new(),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let v: Value = if text.trim_start().starts_with('{') {
-                serde_json::from_str(&text)
-                    .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?
-            } else {
-                // YAML 1.2 booleans: `name: n` stays a string.
-                serde_saphyr::from_str_with_options(
-                    &text,
-                    serde_saphyr::options! { strict_booleans: true },
-                )
-                .map_err(|e| format!("{} is not valid YAML:\n{e}", path.display()))?
-            };
-            match v {
-                Value::Object(m) => m,
-                Value::Null => Map::new(),
-                _ => {
-                    return Err(format!(
-                        "{} must hold a mapping (prompt, config, …)",
-                        path.display()
-                    ));
-                }
-            }
-        }
+        Some(path) => read_run_file(path)?,
     };
     let mut config = match body.remove("config") {
         None | Some(Value::Null) => Map::new(),
@@ -109,32 +85,10 @@ pub fn build_params(a: &RunCloudArgs) -> Result<Value, String> {
         harness["type"] = json!(h);
     }
     if let Some(m) = &a.model {
-        let third_party = config
-            .get("harness")
-            .and_then(|h| h.get("type"))
-            .and_then(Value::as_str)
-            .is_some_and(|t| !t.is_empty() && t != "oz");
-        if third_party {
-            if let Some(h) = config.get_mut("harness") {
-                h["model_id"] = json!(m);
-            }
-        } else {
-            config.insert("model_id".into(), json!(m));
-        }
+        set_model(&mut config, m);
     }
     if let Some(raw) = &a.mcp {
-        let text = match raw.strip_prefix('@') {
-            Some(path) => {
-                std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?
-            }
-            None => raw.clone(),
-        };
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| format!("--mcp is not valid JSON: {e}"))?;
-        if !v.is_object() {
-            return Err("--mcp must be a JSON object {name: server config}".into());
-        }
-        config.insert("mcp_servers".into(), v);
+        config.insert("mcp_servers".into(), parse_mcp(raw)?);
     }
     if !a.metadata.is_empty() {
         let meta = body.entry("metadata").or_insert_with(|| json!({}));
@@ -156,6 +110,61 @@ pub fn build_params(a: &RunCloudArgs) -> Result<Value, String> {
         return Err("nothing to run: pass --prompt (or --skill), or a --file with a prompt".into());
     }
     Ok(Value::Object(body))
+}
+
+/// A run file (YAML, or JSON when it starts with `{`) as a mapping; empty
+/// when the file holds nothing. Shared by `run-cloud` and `schedule create`.
+pub fn read_run_file(path: &Path) -> Result<Map<String, Value>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?
+    } else {
+        // YAML 1.2 booleans: `name: n` stays a string.
+        serde_saphyr::from_str_with_options(&text, serde_saphyr::options! { strict_booleans: true })
+            .map_err(|e| format!("{} is not valid YAML:\n{e}", path.display()))?
+    };
+    match v {
+        Value::Object(m) => Ok(m),
+        Value::Null => Ok(Map::new()),
+        _ => Err(format!(
+            "{} must hold a mapping (prompt, config, …)",
+            path.display()
+        )),
+    }
+}
+
+/// `--mcp`: a JSON object `{name: server config}`, or `@FILE` holding one.
+pub fn parse_mcp(raw: &str) -> Result<Value, String> {
+    let text = match raw.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?
+        }
+        None => raw.to_owned(),
+    };
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| format!("--mcp is not valid JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("--mcp must be a JSON object {name: server config}".into());
+    }
+    Ok(v)
+}
+
+/// `--model`: `model_id`, or `harness.model_id` when the config names a
+/// third-party harness (the built-in one's model is `model_id`).
+pub fn set_model(config: &mut Map<String, Value>, model: &str) {
+    let third_party = config
+        .get("harness")
+        .and_then(|h| h.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| !t.is_empty() && t != "oz");
+    match config.get_mut("harness") {
+        Some(h) if third_party => h["model_id"] = json!(model),
+        _ => {
+            config.insert("model_id".into(), json!(model));
+        }
+    }
 }
 
 pub async fn run_cloud(client: &Client, a: RunCloudArgs) -> ExitCode {

@@ -5,6 +5,7 @@ pub mod follow;
 pub mod logs;
 pub mod quickstart;
 pub mod run;
+pub mod schedule;
 pub mod worker;
 
 use std::process::ExitCode;
@@ -17,6 +18,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// The followed run ended without succeeding.
     pub const RUN_FAILED: u8 = 1;
+    /// Bad usage: a wrong flag, a missing argument, a conflict.
+    pub const USAGE: u8 = 2;
     /// The API refused the request or could not be reached.
     pub const API_ERROR: u8 = 3;
     /// Following was interrupted by Ctrl-C (the run goes on).

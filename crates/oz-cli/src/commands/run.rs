@@ -136,12 +136,15 @@ pub fn render_run(style: &Style, run: &RunItem) -> String {
             .unwrap_or_default();
         lines.push(("Status".into(), format!("{}{code}", s.message)));
     }
-    if let Some(harness) = run
-        .agent_config
-        .as_ref()
-        .and_then(|c| c.pointer("/harness/type"))
-        .and_then(Value::as_str)
-    {
+    // The server keeps harness types the official API does not name under
+    // `runner_harness`.
+    let harness_of = |pointer: &str| {
+        run.agent_config
+            .as_ref()
+            .and_then(|c| c.pointer(pointer))
+            .and_then(Value::as_str)
+    };
+    if let Some(harness) = harness_of("/harness/type").or(harness_of("/runner_harness/type")) {
         lines.push(("Harness".into(), harness.to_owned()));
     }
     for a in run.artifacts.iter().flatten() {
