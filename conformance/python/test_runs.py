@@ -362,18 +362,34 @@ def test_run_cancel_succeeded_run_is_bad_request(client: OzAPI, succeeded_run) -
 # ---- follow-ups and handoff ------------------------------------------------------
 
 
-def test_run_submit_followup_on_ended_run_is_accepted(client: OzAPI) -> None:
-    # Its own run: a follow-up may start another execution of it.
-    created = client.agent.run(prompt="echo before follow-up", config={"worker_host": WORKER_ID})
+def test_run_submit_followup_on_ended_run_runs_a_new_execution(client: OzAPI, stack) -> None:
+    # An ended run is queued again; the real worker runs the run's prompt
+    # followed by the follow-up (a markdown heading: a comment to sh).
+    created = client.agent.run(prompt="echo before-follow-up", config={"worker_host": WORKER_ID})
     ended = ozconf.wait_terminal(client, created.run_id)
     assert ended.state == "SUCCEEDED", ended.status_message
     answer = client.agent.runs.submit_followup(
-        created.run_id, message="echo follow-up", mode="normal"
+        created.run_id, message="echo the-follow-up", mode="normal"
     )
     assert isinstance(answer, dict), f"expected a JSON object, got {answer!r}"
+    assert answer["delivery"] == "new_execution", answer
     # The run stays readable with a strict client afterwards.
-    run = client.agent.runs.retrieve(created.run_id)
-    assert run.run_id == created.run_id
+    again = ozconf.wait_terminal(client, created.run_id)
+    assert again.state == "SUCCEEDED", again.status_message
+    assert again.prompt == "echo before-follow-up"
+
+    def agent_lines() -> list:
+        r = stack.http("GET", f"/agent/runs/{created.run_id}/logs?phase=agent")
+        assert r.status_code == 200, r.text
+        page = r.json()
+        return page["lines"] if page["complete"] else None
+
+    lines = ozconf.wait_until("the second execution's log", agent_lines)
+    texts = [line.get("text") for line in lines]
+    assert texts.count("before-follow-up") == 2, texts
+    assert texts.index("the-follow-up") > texts.index("before-follow-up"), texts
+    seqs = [line["seq"] for line in lines]
+    assert seqs == sorted(set(seqs)), seqs
 
 
 def test_run_submit_followup_unknown_run_is_not_found(client: OzAPI) -> None:

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use oz_cli::client::Client;
 use oz_server::state::ServerSettings;
-use oz_store::{RunPatch, RunState, SqliteStore, Store};
+use oz_store::{Catalog, RunPatch, RunState, SqliteStore, Store};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -564,6 +564,16 @@ impl Server {
     /// Create a run and hand it to a pretend worker: QUEUED → PENDING →
     /// CLAIMED with a run token. Returns (run id, token).
     async fn claimed_run(&self, prompt: &str, config: Value) -> (String, String) {
+        self.claimed_run_in(prompt, config, Some("exec-1")).await
+    }
+
+    /// [`Server::claimed_run`] with the given execution id (or none).
+    async fn claimed_run_in(
+        &self,
+        prompt: &str,
+        config: Value,
+        execution: Option<&str>,
+    ) -> (String, String) {
         let created = self
             .admin
             .create_run(&json!({ "prompt": prompt, "config": config }))
@@ -574,7 +584,7 @@ impl Server {
         let now = oz_server::now();
         let patch = RunPatch {
             token_hash: Some(Some(oz_server::auth::hash(&token))),
-            execution_id: Some(Some("exec-1".into())),
+            execution_id: Some(execution.map(str::to_owned)),
             assigned_at: Some(Some(now.clone())),
             ..Default::default()
         };
@@ -856,4 +866,215 @@ async fn managed_with_a_bad_token_exits_1() {
         .await;
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot read run"), "{}", stderr(&out));
+}
+
+// ---- managed mode: artifacts and handoff files ------------------------------------
+
+/// GET a download URL with no key at all.
+async fn fetch_without_key(url: &str) -> Vec<u8> {
+    let resp = reqwest::get(url).await.expect("download");
+    assert!(resp.status().is_success(), "{url}: {}", resp.status());
+    resp.bytes().await.expect("body").to_vec()
+}
+
+/// The artifact entry of `run` whose `data.filepath` (or, for a PLAN or a
+/// SCREENSHOT, whose type) matches.
+fn entry<'a>(artifacts: &'a [Value], kind: &str, filepath: Option<&str>) -> &'a Value {
+    artifacts
+        .iter()
+        .find(|a| {
+            a["artifact_type"] == kind
+                && filepath.is_none_or(|p| a["data"]["filepath"].as_str() == Some(p))
+        })
+        .unwrap_or_else(|| panic!("no {kind} {filepath:?} in {artifacts:#?}"))
+}
+
+const PLAN: &str = "# Plan\n\n1. Fix the bug\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_run_uploads_artifacts_and_handoff_files() {
+    let srv = server().await;
+    let sb = Sandbox::new();
+    let script = r#"
+echo "dirs: $OZ_ARTIFACTS_DIR $OZ_HANDOFF_DIR"
+mkdir -p "$OZ_ARTIFACTS_DIR/sub" "$OZ_ARTIFACTS_DIR/screenshots"
+printf 'all good\n' > "$OZ_ARTIFACTS_DIR/report.txt"
+printf '{"n": 1}' > "$OZ_ARTIFACTS_DIR/sub/data.json"
+printf '# Plan\n\n1. Fix the bug\n' > "$OZ_ARTIFACTS_DIR/plan.md"
+printf 'odd name' > "$OZ_ARTIFACTS_DIR/sub/a b&c=d%.txt"
+printf '\211PNG\r\n\032\n\377' > "$OZ_ARTIFACTS_DIR/screenshots/home.png"
+printf 'diff --git a/x b/x\n' > "$OZ_HANDOFF_DIR/snapshot.patch"
+exit 5
+"#;
+    let (id, token) = srv
+        .claimed_run(
+            script,
+            json!({ "worker_host": "w1", "harness": { "type": "command" } }),
+        )
+        .await;
+    let out = sb
+        .run_cmd(managed_command(
+            &sb,
+            &srv,
+            &id,
+            &token,
+            &["--harness", "command"],
+        ))
+        .await;
+    // A failed harness still has its files uploaded, and keeps its status.
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("warning"), "{err}");
+    assert!(
+        err.contains("oz agent run: uploaded 5 artifacts and 1 handoff file\n"),
+        "{err}"
+    );
+    let work = std::fs::canonicalize(sb.work()).expect("canonical");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "dirs: {} {}\n",
+            work.join(".oz/artifacts").display(),
+            work.join(".oz/handoff").display()
+        )
+    );
+
+    let item = srv.admin.get_run(&id).await.expect("get run");
+    let artifacts = item.artifacts.expect("artifacts");
+    assert_eq!(artifacts.len(), 5, "{artifacts:#?}");
+    for (filepath, filename, mime, content) in [
+        ("report.txt", "report.txt", "text/plain", &b"all good\n"[..]),
+        (
+            "sub/data.json",
+            "data.json",
+            "application/json",
+            b"{\"n\": 1}",
+        ),
+        (
+            "sub/a b&c=d%.txt",
+            "a b&c=d%.txt",
+            "text/plain",
+            b"odd name",
+        ),
+    ] {
+        let e = entry(&artifacts, "FILE", Some(filepath));
+        assert_eq!(e["data"]["filename"], filename, "{e}");
+        assert_eq!(e["data"]["mime_type"], mime, "{e}");
+        assert_eq!(e["data"]["size_bytes"], content.len(), "{e}");
+        let uid = e["data"]["artifact_uid"].as_str().expect("uid");
+        let got: Value = srv
+            .admin
+            .get(&format!("/agent/artifacts/{uid}"))
+            .await
+            .expect("get artifact");
+        assert_eq!(got["data"]["filepath"], filepath, "{got}");
+        let url = got["data"]["download_url"].as_str().expect("download_url");
+        assert_eq!(fetch_without_key(url).await, content, "{filepath}");
+    }
+
+    let plan = entry(&artifacts, "PLAN", None);
+    let uid = plan["data"]["artifact_uid"].as_str().expect("uid");
+    let got: Value = srv
+        .admin
+        .get(&format!("/agent/artifacts/{uid}"))
+        .await
+        .expect("get plan");
+    assert_eq!(got["data"]["content"], PLAN, "{got}");
+    assert_eq!(got["data"]["content_type"], "text/markdown", "{got}");
+
+    let shot = entry(&artifacts, "SCREENSHOT", None);
+    assert_eq!(shot["data"]["mime_type"], "image/png", "{shot}");
+    let uid = shot["data"]["artifact_uid"].as_str().expect("uid");
+    let got: Value = srv
+        .admin
+        .get(&format!("/agent/artifacts/{uid}"))
+        .await
+        .expect("get screenshot");
+    let url = got["data"]["download_url"].as_str().expect("download_url");
+    assert_eq!(fetch_without_key(url).await, b"\x89PNG\r\n\x1a\n\xff");
+
+    // The handoff file belongs to this execution; the API lists it once the
+    // execution has ended.
+    let stored = srv.store.list_handoff(&id).await.expect("store");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].filename, "snapshot.patch");
+    assert_eq!(stored[0].execution_id, "exec-1");
+    assert_eq!(stored[0].mime_type.as_deref(), Some("text/x-diff"));
+    let now = oz_server::now();
+    srv.store
+        .transition(
+            &id,
+            &[RunState::Inprogress],
+            RunState::Failed,
+            RunPatch::default(),
+            &now,
+        )
+        .await
+        .expect("store")
+        .expect("INPROGRESS → FAILED");
+    let listed: Value = srv
+        .admin
+        .get(&format!("/agent/runs/{id}/handoff/attachments"))
+        .await
+        .expect("list handoff");
+    let attachments = listed["attachments"].as_array().expect("attachments");
+    assert_eq!(attachments.len(), 1, "{listed}");
+    assert_eq!(attachments[0]["filename"], "snapshot.patch");
+    let url = attachments[0]["download_url"].as_str().expect("url");
+    assert_eq!(fetch_without_key(url).await, b"diff --git a/x b/x\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_is_a_warning_and_keeps_the_exit_code() {
+    let srv = server().await;
+    let sb = Sandbox::new();
+    let script = r#"
+printf 'kept' > "$OZ_ARTIFACTS_DIR/kept.txt"
+ln -s /etc/hostname "$OZ_ARTIFACTS_DIR/link.txt"
+printf 'x' > "$OZ_HANDOFF_DIR/state.patch"
+"#;
+    // No execution: the server refuses handoff files (409).
+    let (id, token) = srv
+        .claimed_run_in(
+            script,
+            json!({ "worker_host": "w1", "harness": { "type": "command" } }),
+            None,
+        )
+        .await;
+    let out = sb
+        .run_cmd(managed_command(
+            &sb,
+            &srv,
+            &id,
+            &token,
+            &["--harness", "command"],
+        ))
+        .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: .oz/artifacts/link.txt is a symbolic link"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: cannot upload .oz/handoff/state.patch: "),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "oz agent run: warning: uploaded 1 artifact and 0 handoff files; 1 upload failed; 1 file skipped\n"
+        ),
+        "{err}"
+    );
+    let run = srv.run(&id).await;
+    assert_eq!(run.artifacts.len(), 1, "{:?}", run.artifacts);
+    assert_eq!(run.artifacts[0]["data"]["filepath"], "kept.txt");
+    // The failed upload does not make the run look failed.
+    assert!(
+        run.status_message
+            .as_ref()
+            .is_none_or(|s| !s.message.contains("upload")),
+        "{:?}",
+        run.status_message
+    );
 }

@@ -204,7 +204,9 @@ Options:
   --task-id <ID>            Run this Oz run: read its prompt and config from the server, report
                             progress and pull requests. Auth: WARP_API_KEY (or --api-key);
                             API: --api-url, else OZ_API_BASE_URL, else
-                            <--server-root-url>/api/v1.
+                            <--server-root-url>/api/v1. Files the harness leaves in
+                            $OZ_ARTIFACTS_DIR (.oz/artifacts) are uploaded as artifacts,
+                            those in $OZ_HANDOFF_DIR (.oz/handoff) as handoff files.
   --harness <NAME>          claude, codex, gemini, command, or a custom harness
                             (default: OZ_DEFAULT_HARNESS, else the harness config's `default`)
   --harness-config <PATH>   Custom harnesses (YAML; default: OZ_HARNESS_CONFIG, else

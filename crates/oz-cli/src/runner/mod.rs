@@ -5,19 +5,22 @@
 //!   read the run from the server with the run-scoped token
 //!   (`WARP_API_KEY`), pick the harness from the run's config, report
 //!   INPROGRESS, run the harness, report the pull requests it opened and,
-//!   when it fails, why; exit with its status.
+//!   when it fails, why; upload the files it left in `OZ_ARTIFACTS_DIR`
+//!   and `OZ_HANDOFF_DIR` (see [`outbox`]); exit with its status.
 //! - **unmanaged** (`--prompt`): run a harness in the current directory
 //!   with no server at all.
 //!
 //! Code map: [`args`] (the command line), [`harness`] (one adapter per
 //! agent CLI, custom ones from YAML), [`exec`] (process group, output relay,
 //! signals), [`scan`] (pull-request links), [`report`] (server reports),
-//! [`env`] (the environment as a value, PATH lookup).
+//! [`outbox`] (artifact and handoff uploads), [`env`] (the environment as
+//! a value, PATH lookup).
 
 pub mod args;
 pub mod env;
 pub mod exec;
 pub mod harness;
+pub mod outbox;
 pub mod report;
 pub mod scan;
 
@@ -32,6 +35,7 @@ use self::env::Env;
 use self::exec::{Outcome, Sink, Target};
 use self::harness::custom::{self, HarnessConfig};
 use self::harness::{ENV_DEFAULT_HARNESS, Harness, Invocation, OZ_HARNESS_UNSUPPORTED, Request};
+use self::outbox::{Outbox, Uploader};
 use self::report::Reporter;
 use crate::client::{Client, ENV_API_KEY, ENV_BASE_URL};
 
@@ -201,6 +205,7 @@ async fn plan(c: Choice<'_>, a: &RunArgs, ctx: &Ctx, cwd: &Path) -> Result<Plan,
 async fn start(
     plan: &Plan,
     ctx: &Ctx,
+    env: &Env,
     cwd: &Path,
     prs: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) -> Outcome {
@@ -216,7 +221,7 @@ async fn start(
         Target {
             program: &plan.program,
             cwd,
-            env: &ctx.env,
+            env,
             stdout: &ctx.stdout,
             stderr: &ctx.stderr,
             forward_signals: ctx.forward_signals,
@@ -244,7 +249,7 @@ async fn unmanaged(prompt: &str, a: &RunArgs, ctx: &Ctx, cwd: &Path) -> u8 {
             return f.code;
         }
     };
-    start(&plan, ctx, cwd, None).await.code
+    start(&plan, ctx, &ctx.env, cwd, None).await.code
 }
 
 async fn unmanaged_plan(prompt: &str, a: &RunArgs, ctx: &Ctx, cwd: &Path) -> Result<Plan, Failure> {
@@ -283,7 +288,7 @@ async fn unmanaged_plan(prompt: &str, a: &RunArgs, ctx: &Ctx, cwd: &Path) -> Res
 // ---- managed ------------------------------------------------------------
 
 async fn managed(task_id: &str, a: &RunArgs, ctx: &Ctx, cwd: &Path) -> u8 {
-    let client = match managed_client(a, &ctx.env) {
+    let (client, uploader) = match managed_client(a, &ctx.env, task_id) {
         Ok(c) => c,
         Err(message) => {
             ctx.stderr.say(&message).await;
@@ -301,7 +306,9 @@ async fn managed(task_id: &str, a: &RunArgs, ctx: &Ctx, cwd: &Path) -> u8 {
     };
     let reporter = Arc::new(Reporter::new(client, task_id, ctx.stderr.clone()));
 
-    let plan = match managed_plan(&run.prompt, run.agent_config.as_ref(), a, ctx, cwd).await {
+    // After follow-ups the current execution has a prompt of its own.
+    let prompt = run.execution_prompt.as_deref().unwrap_or(&run.prompt);
+    let plan = match managed_plan(prompt, run.agent_config.as_ref(), a, ctx, cwd).await {
         Ok(p) => p,
         Err(f) => {
             ctx.stderr.say(&f.message).await;
@@ -310,10 +317,17 @@ async fn managed(task_id: &str, a: &RunArgs, ctx: &Ctx, cwd: &Path) -> u8 {
         }
     };
 
+    let (outbox, warnings) = Outbox::prepare(cwd);
+    for w in warnings {
+        ctx.stderr.say(&format!("warning: {w}")).await;
+    }
+    let mut env = ctx.env.clone();
+    outbox.export(&mut env);
+
     reporter.in_progress().await;
     let (prs, pr_task) =
         report::spawn_pr_reporter(reporter.clone(), cwd.to_path_buf(), ctx.env.clone());
-    let outcome = start(&plan, ctx, cwd, Some(prs)).await;
+    let outcome = start(&plan, ctx, &env, cwd, Some(prs)).await;
     // Every sender is gone once the harness's output is drained.
     if tokio::time::timeout(report::FLUSH_TIMEOUT, pr_task)
         .await
@@ -329,13 +343,61 @@ async fn managed(task_id: &str, a: &RunArgs, ctx: &Ctx, cwd: &Path) -> u8 {
     {
         reporter.status(f).await;
     }
+    // Like the reports above: whatever the harness's status, but not when
+    // the runner is being stopped (a cancelled run).
+    if !outcome.interrupted {
+        upload(&outbox, &uploader, ctx).await;
+    }
     outcome.code
 }
 
-/// Client from `--api-url`, else `OZ_API_BASE_URL`, else
+/// Upload the outbox and print the summary. A SIGTERM/SIGINT meanwhile
+/// (the worker cancelling) abandons the rest: the runner must stop.
+async fn upload(outbox: &Outbox, uploader: &Uploader, ctx: &Ctx) {
+    let uploads = outbox::upload(outbox, uploader, &ctx.stderr);
+    let summary = if ctx.forward_signals {
+        tokio::select! {
+            s = uploads => Some(s),
+            () = stop_signal() => None,
+        }
+    } else {
+        Some(uploads.await)
+    };
+    match summary {
+        Some(s) => {
+            if let Some(line) = s.line() {
+                ctx.stderr.say(&line).await;
+            }
+        }
+        None => {
+            ctx.stderr
+                .say("stopped: the remaining uploads are abandoned")
+                .await;
+        }
+    }
+}
+
+/// The next SIGTERM or SIGINT (never, when they cannot be watched).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Client (and uploader) from `--api-url`, else `OZ_API_BASE_URL`, else
 /// `--server-root-url`, else `WARP_SERVER_ROOT_URL`; and `--api-key`, else
 /// `WARP_API_KEY`.
-fn managed_client(a: &RunArgs, env: &Env) -> Result<Client, String> {
+fn managed_client(a: &RunArgs, env: &Env, run_id: &str) -> Result<(Client, Uploader), String> {
     let base = trimmed(a.api_url.as_deref())
         .or_else(|| env.non_empty(ENV_BASE_URL))
         .or_else(|| trimmed(a.server_root_url.as_deref()))
@@ -349,7 +411,9 @@ fn managed_client(a: &RunArgs, env: &Env) -> Result<Client, String> {
     // The binary installs ring at start; an embedding caller may not have.
     // A provider already installed stays.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::new(base, key).map_err(|e| e.to_string())
+    let client = Client::new(base, key).map_err(|e| e.to_string())?;
+    let uploader = Uploader::new(client.base_url(), key, run_id)?;
+    Ok((client, uploader))
 }
 
 async fn managed_plan(
@@ -367,6 +431,8 @@ async fn managed_plan(
     };
     let (name, _) = harness::first_named(&[
         config_str("/harness/type"),
+        // Where the server keeps harness types the official API does not name.
+        config_str("/runner_harness/type"),
         a.harness.as_deref(),
         ctx.env.non_empty(ENV_DEFAULT_HARNESS),
         config.as_ref().and_then(|c| c.default.as_deref()),

@@ -230,3 +230,23 @@ fn model_for_third_party_and_oz_harnesses() {
     assert_eq!(managed_model(Some(&oz), &none).as_deref(), Some("top"));
     assert_eq!(managed_model(None, &none), None);
 }
+
+#[tokio::test]
+async fn unmanaged_runs_make_no_outbox() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let got = run_in(
+        dir.path(),
+        env_with_path(Path::new("/usr/bin:/bin")),
+        &[
+            "--harness",
+            "command",
+            "--prompt",
+            "echo \"${OZ_ARTIFACTS_DIR-unset} ${OZ_HANDOFF_DIR-unset}\"",
+        ],
+    )
+    .await;
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_eq!(got.stdout, b"unset unset\n");
+    assert!(!dir.path().join(".oz").exists());
+    assert!(!got.stderr.contains("upload"), "{}", got.stderr);
+}
