@@ -162,6 +162,9 @@ pub struct LogLines {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEnd {
     pub task_id: String,
+    /// The execution whose lines ended (absent from older workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
     pub last_seq: u64,
 }
 

@@ -50,6 +50,10 @@ struct Conn {
     team_id: String,
     tx: mpsc::UnboundedSender<String>,
     running: HashSet<String>,
+    /// Runs taken over from a lost worker with this id and not yet confirmed
+    /// by a `worker_status` listing them; the only runs a status may take
+    /// away (a status can be older than the latest assignment).
+    adopted: HashSet<String>,
     /// Set by a rejection; cleared when one of its runs ends.
     saturated: bool,
     status: Option<WorkerStatus>,
@@ -60,6 +64,7 @@ struct Conn {
 /// A run whose worker went away.
 struct Orphan {
     worker_id: String,
+    team_id: String,
     since: Instant,
     since_ts: String,
 }
@@ -138,10 +143,30 @@ impl Hub {
                     run.run_id.clone(),
                     Orphan {
                         worker_id: run.worker_host.clone(),
+                        team_id: run.team_id.clone(),
                         since: Instant::now(),
                         since_ts: now_ts.clone(),
                     },
                 );
+            }
+        }
+        self.sweep_followups().await
+    }
+
+    /// Queue again ended runs whose follow-ups wait: ending a run and
+    /// queuing it for its follow-ups are two commits, and a crash or a
+    /// database error between them must not strand the follow-ups.
+    async fn sweep_followups(&self) -> Result<(), oz_store::StoreError> {
+        for run_id in self.store.runs_awaiting_followups().await? {
+            if self
+                .store
+                .requeue_for_followups(&run_id, &now())
+                .await?
+                .is_some()
+            {
+                tracing::info!(run_id, "run queued again for its follow-ups");
+                self.logs.publish(&run_id, LogEvent::Changed);
+                self.wake();
             }
         }
         Ok(())
@@ -274,7 +299,7 @@ impl Hub {
             return Ok(());
         };
         for run in self.store.queued_runs(200).await? {
-            if age(&run.created_at) <= limit {
+            if age(&run.queued_at) <= limit {
                 break;
             }
             let msg = format!(
@@ -445,6 +470,7 @@ impl Hub {
     }
 
     async fn timer_pass(&self) -> Result<(), oz_store::StoreError> {
+        self.sweep_followups().await?;
         // Lost workers.
         let expired: Vec<(String, Orphan)> = {
             let mut reg = self.reg();
@@ -536,7 +562,8 @@ impl Hub {
             status_message: Some(Some(StatusMessage::info(why))),
             ..Default::default()
         };
-        self.store
+        let run = self
+            .store
             .transition(
                 run_id,
                 &[RunState::Pending],
@@ -544,7 +571,13 @@ impl Hub {
                 patch,
                 now_ts,
             )
-            .await
+            .await?;
+        // Follow-ups that came while it was assigned go with the execution
+        // that will really start.
+        if run.as_ref().is_some_and(|r| r.pending_followups > 0) {
+            return Ok(self.store.fold_followups(run_id, now_ts).await?.or(run));
+        }
+        Ok(run)
     }
 
     /// Move a run to a terminal state, clearing its holder and token.
@@ -595,6 +628,7 @@ impl Hub {
         let mut reg = self.reg();
         reg.orphans.remove(run_id);
         for c in reg.conns.values_mut() {
+            c.adopted.remove(run_id);
             if c.running.remove(run_id) {
                 c.saturated = false;
             }
@@ -626,7 +660,7 @@ impl Hub {
         let adopted: Vec<String> = reg
             .orphans
             .iter()
-            .filter(|(_, o)| o.worker_id == worker_id)
+            .filter(|(_, o)| o.worker_id == worker_id && o.team_id == team_id)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &adopted {
@@ -639,6 +673,7 @@ impl Hub {
                 team_id: team_id.to_owned(),
                 tx,
                 running: adopted.iter().cloned().collect(),
+                adopted: adopted.iter().cloned().collect(),
                 saturated: false,
                 status: None,
                 connected_at: now(),
@@ -691,6 +726,7 @@ impl Hub {
                 run_id,
                 Orphan {
                     worker_id: conn.worker_id.clone(),
+                    team_id: conn.team_id.clone(),
                     since: Instant::now(),
                     since_ts: since_ts.clone(),
                 },
@@ -735,6 +771,10 @@ impl Hub {
         let now_ts = now();
         match msg {
             WorkerMessage::TaskClaimed(c) => {
+                if !self.holds(conn_id, &c.task_id) {
+                    tracing::warn!(run_id = %c.task_id, worker_id, "ignoring a claim for a run this connection was not given");
+                    return Ok(());
+                }
                 let patch = RunPatch {
                     holder: Some(Some(conn_id.to_owned())),
                     status_message: Some(None),
@@ -795,18 +835,20 @@ impl Hub {
                 } else {
                     (RunState::Succeeded, StatusMessage::info(c.message))
                 };
-                self.finish_from_worker(&c.task_id, state, status).await?;
+                self.finish_from_worker(conn_id, &c.task_id, state, status)
+                    .await?;
             }
             WorkerMessage::TaskFailed(f) => {
                 let (state, status) = failure_status(&f);
-                self.finish_from_worker(&f.task_id, state, status).await?;
+                self.finish_from_worker(conn_id, &f.task_id, state, status)
+                    .await?;
             }
             WorkerMessage::WorkerStatus(status) => self.on_status(conn_id, status),
             WorkerMessage::LogLines(batch) => {
                 let Some(team_id) = self.conn_team(conn_id) else {
                     return Ok(());
                 };
-                if let Some(seq) = self.store_log_lines(&team_id, &batch).await? {
+                if let Some(seq) = self.store_log_lines(conn_id, &team_id, &batch).await? {
                     self.send_to(
                         conn_id,
                         &ServerMessage::LogAck(LogAck {
@@ -820,10 +862,29 @@ impl Hub {
                 let Some(team_id) = self.conn_team(conn_id) else {
                     return Ok(());
                 };
-                self.store_log_end(&team_id, &end).await?;
+                self.store_log_end(conn_id, &team_id, &end).await?;
             }
         }
         Ok(())
+    }
+
+    /// Does this connection hold the run (assigned to it, claimed by it, or
+    /// adopted after a reconnect)? Results and claims from any other
+    /// connection (another team's, or a worker whose execution the server
+    /// gave up on) are ignored.
+    fn holds(&self, conn_id: &str, run_id: &str) -> bool {
+        self.reg()
+            .conns
+            .get(conn_id)
+            .is_some_and(|c| c.running.contains(run_id))
+    }
+
+    /// Does a connection other than `conn_id` hold the run?
+    fn held_elsewhere(&self, conn_id: &str, run_id: &str) -> bool {
+        self.reg()
+            .conns
+            .iter()
+            .any(|(id, c)| id != conn_id && c.running.contains(run_id))
     }
 
     fn conn_team(&self, conn_id: &str) -> Option<String> {
@@ -860,6 +921,7 @@ impl Hub {
     /// stored as a gap marker.
     pub async fn store_log_lines(
         &self,
+        conn_id: &str,
         team_id: &str,
         batch: &LogLines,
     ) -> Result<Option<u64>, oz_store::StoreError> {
@@ -869,6 +931,17 @@ impl Hub {
         let Some(run) = self.log_run(team_id, &batch.task_id).await? else {
             return Ok(None);
         };
+        // Lines of an execution that is over (the run went on to another
+        // one after a follow-up): acknowledged, so the worker's spool
+        // drains, but not stored among the current execution's lines.
+        let past_execution = batch
+            .execution_id
+            .as_ref()
+            .is_some_and(|e| run.execution_id.as_ref() != Some(e));
+        if past_execution || self.held_elsewhere(conn_id, &batch.task_id) {
+            tracing::debug!(run_id = %batch.task_id, "dropping log lines of a past execution");
+            return Ok(batch.lines.iter().map(|l| l.seq).max());
+        }
         // Workers number every execution's lines from 1; a later execution
         // (after a follow-up) is stored after the earlier ones.
         let base = run.log_seq_base;
@@ -907,12 +980,23 @@ impl Hub {
     /// Record a `log_end` and tell live readers. False when dropped.
     pub async fn store_log_end(
         &self,
+        conn_id: &str,
         team_id: &str,
         end: &LogEnd,
     ) -> Result<bool, oz_store::StoreError> {
         let Some(run) = self.log_run(team_id, &end.task_id).await? else {
             return Ok(false);
         };
+        // Never from a past execution: one with another execution id, or
+        // (older workers send none) while another connection holds the run.
+        let past_execution = end
+            .execution_id
+            .as_ref()
+            .is_some_and(|e| run.execution_id.as_ref() != Some(e));
+        if past_execution || self.held_elsewhere(conn_id, &end.task_id) {
+            tracing::debug!(run_id = %end.task_id, "ignoring a log_end of a past execution");
+            return Ok(false);
+        }
         let Some(last) = end
             .last_seq
             .checked_add(run.log_seq_base)
@@ -944,16 +1028,20 @@ impl Hub {
 
     async fn finish_from_worker(
         &self,
+        conn_id: &str,
         run_id: &str,
         state: RunState,
         status: StatusMessage,
     ) -> Result<(), oz_store::StoreError> {
-        let from = [
-            RunState::Queued,
-            RunState::Pending,
-            RunState::Claimed,
-            RunState::Inprogress,
-        ];
+        if !self.holds(conn_id, run_id) {
+            tracing::info!(
+                run_id,
+                connection = conn_id,
+                "ignoring a result for a run this connection does not hold (late, or not its own)"
+            );
+            return Ok(());
+        }
+        let from = [RunState::Pending, RunState::Claimed, RunState::Inprogress];
         if self.end_run(run_id, &from, state, status).await?.is_none() {
             tracing::debug!(run_id, "late or duplicate result ignored");
             self.forget(run_id);
@@ -973,23 +1061,40 @@ impl Hub {
     /// list go back to waiting for their real worker.
     fn on_status(&self, conn_id: &str, status: WorkerStatus) {
         let mut reg = self.reg();
+        let Some(conn) = reg.conns.get(conn_id) else {
+            return;
+        };
+        let (worker_id, team_id) = (conn.worker_id.clone(), conn.team_id.clone());
+        // A worker may only take back runs it holds or that a worker with
+        // its id and team lost; anything else it names is not its to report.
+        let listed: HashSet<String> = status
+            .running
+            .iter()
+            .filter(|id| {
+                conn.running.contains(*id) || orphans_of(&reg.orphans, id, &worker_id, &team_id)
+            })
+            .cloned()
+            .collect();
         let Some(conn) = reg.conns.get_mut(conn_id) else {
             return;
         };
-        let listed: HashSet<String> = status.running.iter().cloned().collect();
-        let unlisted: Vec<String> = conn.running.difference(&listed).cloned().collect();
+        // Only adopted runs it does not list go back: a run assigned to this
+        // connection may simply be newer than the status.
+        let unlisted: Vec<String> = conn.adopted.difference(&listed).cloned().collect();
         for id in &listed {
             conn.running.insert(id.clone());
+            conn.adopted.remove(id);
         }
         for id in &unlisted {
             conn.running.remove(id);
+            conn.adopted.remove(id);
         }
-        let worker_id = conn.worker_id.clone();
         conn.status = Some(status);
         let since_ts = now();
         for id in unlisted {
             reg.orphans.entry(id).or_insert(Orphan {
                 worker_id: worker_id.clone(),
+                team_id: team_id.clone(),
                 since: Instant::now(),
                 since_ts: since_ts.clone(),
             });
@@ -1037,6 +1142,18 @@ impl Hub {
     pub fn close_all(&self) {
         self.reg().conns.clear();
     }
+}
+
+/// Is `run_id` an orphan that a worker with this id and team may adopt?
+fn orphans_of(
+    orphans: &HashMap<String, Orphan>,
+    run_id: &str,
+    worker_id: &str,
+    team_id: &str,
+) -> bool {
+    orphans
+        .get(run_id)
+        .is_some_and(|o| o.worker_id == worker_id && o.team_id == team_id)
 }
 
 fn has_room(c: &Conn) -> bool {

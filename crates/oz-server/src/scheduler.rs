@@ -77,6 +77,12 @@ async fn fire(
             let next = cron.next_after(now).map(oz_store::ts);
             match build_run(state, origin(s), params(s)).await {
                 Ok(run) => (next, Some(run), None),
+                // The database failed, not the schedule: leave the firing
+                // due, so the next pass tries it again.
+                Err(e) if e.status.is_server_error() => {
+                    tracing::warn!(schedule_id = %s.id, error = %e.detail, "cannot build the scheduled run now; retrying");
+                    return Ok(());
+                }
                 Err(e) => (next, None, Some(e.detail)),
             }
         }

@@ -2386,6 +2386,7 @@ mod logs_api {
         live.state
             .hub
             .store_log_lines(
+                "no-connection",
                 &live.env.team_id,
                 &LogLines {
                     task_id: run_id.to_owned(),
@@ -2402,9 +2403,11 @@ mod logs_api {
             live.state
                 .hub
                 .store_log_end(
+                    "no-connection",
                     &live.env.team_id,
                     &LogEnd {
                         task_id: run_id.to_owned(),
+                        execution_id: None,
                         last_seq,
                     },
                 )
@@ -3036,22 +3039,35 @@ mod logs_api {
         let hub = &live.state.hub;
         // Another team's connection cannot write into this run.
         assert_eq!(
-            hub.store_log_lines(&other_team, &frame(&run_id, agent_lines(1..=2)))
-                .await
-                .unwrap(),
+            hub.store_log_lines(
+                "no-connection",
+                &other_team,
+                &frame(&run_id, agent_lines(1..=2))
+            )
+            .await
+            .unwrap(),
             None
         );
         assert_eq!(
-            hub.store_log_lines(&live.env.team_id, &frame("nope", agent_lines(1..=2)))
-                .await
-                .unwrap(),
+            hub.store_log_lines(
+                "no-connection",
+                &live.env.team_id,
+                &frame("nope", agent_lines(1..=2))
+            )
+            .await
+            .unwrap(),
             None
         );
         let end = LogEnd {
             task_id: run_id.clone(),
+            execution_id: None,
             last_seq: 2,
         };
-        assert!(!hub.store_log_end(&other_team, &end).await.unwrap());
+        assert!(
+            !hub.store_log_end("no-connection", &other_team, &end)
+                .await
+                .unwrap()
+        );
         assert_eq!(live.env.store.max_log_seq(&run_id).await.unwrap(), None);
         assert_eq!(
             live.env
@@ -3067,15 +3083,19 @@ mod logs_api {
         let mut lines = agent_lines([0, 1, 2]);
         lines.push(line(u64::MAX, LogPhase::Agent, "too far"));
         assert_eq!(
-            hub.store_log_lines(&live.env.team_id, &frame(&run_id, lines))
+            hub.store_log_lines("no-connection", &live.env.team_id, &frame(&run_id, lines))
                 .await
                 .unwrap(),
             Some(2)
         );
         assert_eq!(
-            hub.store_log_lines(&live.env.team_id, &frame(&run_id, agent_lines([0])))
-                .await
-                .unwrap(),
+            hub.store_log_lines(
+                "no-connection",
+                &live.env.team_id,
+                &frame(&run_id, agent_lines([0]))
+            )
+            .await
+            .unwrap(),
             None
         );
         // An undecodable data_b64 is kept as a gap, so its seq is accounted for.
@@ -3083,9 +3103,13 @@ mod logs_api {
         bad.text = None;
         bad.data_b64 = Some("%%%%".into());
         assert_eq!(
-            hub.store_log_lines(&live.env.team_id, &frame(&run_id, vec![bad]))
-                .await
-                .unwrap(),
+            hub.store_log_lines(
+                "no-connection",
+                &live.env.team_id,
+                &frame(&run_id, vec![bad])
+            )
+            .await
+            .unwrap(),
             Some(3)
         );
         let v = logs(&live.env, &run_id, "").await;

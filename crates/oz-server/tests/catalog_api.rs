@@ -1003,13 +1003,16 @@ async fn handoff_attachments_come_from_the_latest_ended_execution() {
     let got = e.send(Method::GET, &url, None, Body::empty()).await;
     assert_eq!(&got.body[..], b"diff 1");
 
-    // A follow-up starts execution 2; while it runs, execution 1's files are served.
+    // A follow-up starts execution 2; while it waits and while it runs,
+    // execution 1's files are served.
     e.post(
         &format!("/api/v1/agent/runs/{id}/followups"),
         json!({"message": "more"}),
     )
     .await
     .expect(StatusCode::OK);
+    let list = e.get(&uri).await.expect(StatusCode::OK);
+    assert_eq!(list["attachments"][0]["filename"], "snap.patch", "{list}");
     e.start(&id, "exec-2").await;
     upload(&e, &format!("{uri}?filename=snap2.patch"), b"diff 2")
         .await
@@ -1318,4 +1321,188 @@ async fn runner_only_harness_types_are_kept_under_runner_harness() {
         .await;
     assert_eq!(r["agent_config"]["harness"]["type"], "codex");
     assert!(r["agent_config"].get("runner_harness").is_none());
+}
+
+/// A run token reads its own run's artifacts, not its team's others.
+#[tokio::test]
+async fn a_run_token_reads_only_its_own_runs_artifacts() {
+    let e = env().await;
+    let mine = e.run(json!({"prompt": "a"})).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let theirs = e.run(json!({"prompt": "b"})).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = oz_server::auth::new_secret(oz_server::auth::RUN_TOKEN_PREFIX);
+    let patch = RunPatch {
+        token_hash: Some(Some(oz_server::auth::hash(&token))),
+        ..Default::default()
+    };
+    e.store
+        .transition(
+            &mine,
+            &[RunState::Queued],
+            RunState::Pending,
+            patch,
+            &oz_server::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let e = &e;
+    let upload_as = |run: &str, key: &str| {
+        let uri = format!("/api/v1/agent/runs/{run}/artifacts?filename=a.txt");
+        let key = key.to_owned();
+        async move {
+            e.send(Method::POST, &uri, Some(&key), Body::from("x"))
+                .await
+        }
+    };
+    let own = upload_as(&mine, &token).await.expect(StatusCode::CREATED);
+    let other = upload_as(&theirs, &e.key).await.expect(StatusCode::CREATED);
+    let get = |uid: &Value| {
+        let uri = format!(
+            "/api/v1/agent/artifacts/{}",
+            uid["data"]["artifact_uid"].as_str().unwrap()
+        );
+        let token = token.clone();
+        async move { e.send(Method::GET, &uri, Some(&token), Body::empty()).await }
+    };
+    get(&own).await.expect(StatusCode::OK);
+    get(&other)
+        .await
+        .problem(StatusCode::NOT_FOUND, "no artifact");
+    // Nor may it upload to another run.
+    upload_as(&theirs, &token)
+        .await
+        .problem(StatusCode::NOT_FOUND, "no run");
+}
+
+#[tokio::test]
+async fn continuing_a_conversation_needs_one_of_the_teams() {
+    let e = env().await;
+    let first = e.run(json!({"prompt": "echo one"})).await;
+    let conversation = first["conversation_id"].as_str().unwrap();
+    // Without a prompt it does again what the conversation last did.
+    let next = e.run(json!({"conversation_id": conversation})).await;
+    assert_eq!(next["prompt"], "echo one");
+    assert_eq!(next["conversation_id"], conversation);
+    let with_prompt = e
+        .run(json!({"conversation_id": conversation, "prompt": "echo two"}))
+        .await;
+    assert_eq!(with_prompt["prompt"], "echo two");
+    e.post(
+        "/api/v1/agent/runs",
+        json!({"conversation_id": "made-up", "prompt": "p"}),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST, "conversation_id");
+}
+
+#[tokio::test]
+async fn stored_configs_always_validate_in_strict_sdk_clients() {
+    let e = env().await;
+    // Foreign harness types in a schedule are stored as runner_harness.
+    let s = e
+        .schedule(
+            json!({"name": "c", "cron_schedule": "0 9 * * *", "prompt": "echo",
+            "agent_config": {"harness": {"type": "command"}}}),
+        )
+        .await;
+    assert_eq!(
+        s["agent_config"],
+        json!({"runner_harness": {"type": "command"}})
+    );
+    // Wrong types are refused where they come in, with their path.
+    e.post(
+        "/api/v1/agent/runs",
+        json!({"prompt": "p", "config": {"harness": "claude"}}),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST, "config.harness must be an object");
+    e.post(
+        "/api/v1/agent/schedules",
+        json!({"name": "c", "cron_schedule": "0 9 * * *", "prompt": "p",
+            "agent_config": {"idle_timeout_minutes": "ten"}}),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST, "agent_config.idle_timeout_minutes");
+    e.post(
+        "/api/v1/agent/identities",
+        json!({"name": "x", "harness": {"type": 5}}),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST, "harness.type");
+    e.post(
+        "/api/v1/agent/identities",
+        json!({"name": "x", "inference_providers": {"aws": {"region": 1}}}),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST, "region");
+    e.post(
+        "/api/v1/agent/environments",
+        json!({"name": "x", "providers": {"aws": {}}}),
+    )
+    .await
+    .problem(StatusCode::BAD_REQUEST, "role_arn");
+    e.post(
+        "/api/v1/agent/environments",
+        json!({"name": "x", "providers": {"gcp": {"project_number": "1"}}}),
+    )
+    .await
+    .problem(
+        StatusCode::BAD_REQUEST,
+        "workload_identity_federation_pool_id",
+    );
+}
+
+#[tokio::test]
+async fn names_and_types_that_cannot_be_served_are_refused_at_upload() {
+    let e = env().await;
+    let id = e.run(json!({"prompt": "p"})).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (query, words) in [
+        ("filename=a%01b.txt", "control characters"),
+        ("filename=a.txt&mime_type=text/pl%0Aain", "mime_type"),
+        ("filename=a.txt&mime_type=plain", "mime_type"),
+    ] {
+        upload(
+            &e,
+            &format!("/api/v1/agent/runs/{id}/artifacts?{query}"),
+            b"x",
+        )
+        .await
+        .problem(StatusCode::BAD_REQUEST, words);
+    }
+    // Any other name is served, with an exact RFC 5987 filename*.
+    let entry = upload(
+        &e,
+        &format!("/api/v1/agent/runs/{id}/artifacts?filename=r%C3%A9sum%C3%A9%20%22v2%22.txt"),
+        b"ok",
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let uid = entry["data"]["artifact_uid"].as_str().unwrap();
+    let got = e
+        .get(&format!("/api/v1/agent/artifacts/{uid}"))
+        .await
+        .expect(StatusCode::OK);
+    let r = e
+        .send(
+            Method::GET,
+            &local(got["data"]["download_url"].as_str().unwrap()),
+            None,
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cd = r.headers[header::CONTENT_DISPOSITION].to_str().unwrap();
+    assert!(
+        cd.ends_with("filename*=UTF-8''r%C3%A9sum%C3%A9%20%22v2%22.txt"),
+        "{cd}"
+    );
 }

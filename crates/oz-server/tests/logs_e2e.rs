@@ -197,6 +197,7 @@ async fn fake_worker_streams_logs_through_the_real_server() {
     worker
         .send(&WorkerMessage::LogEnd(LogEnd {
             task_id: run_id.clone(),
+            execution_id: None,
             last_seq: 5,
         }))
         .await;
@@ -329,4 +330,185 @@ async fn log_retention_setting_is_parsed() {
     let mut server = Server::start(&sb, &["--config", &config]).await;
     assert!(server.log().contains("1day 12h"), "{}", server.log());
     server.stop().await;
+}
+
+async fn assignment(worker: &mut FakeWorker) -> TaskAssignment {
+    loop {
+        match worker.recv().await {
+            ServerMessage::TaskAssignment(a) => return *a,
+            ServerMessage::ServerHello(_) => {}
+            other => panic!("expected task_assignment, got {other:?}"),
+        }
+    }
+}
+
+fn completed(run_id: &str) -> WorkerMessage {
+    WorkerMessage::TaskCompleted(TaskCompleted {
+        task_id: run_id.to_owned(),
+        message: oz_protocol::MSG_COMPLETED.into(),
+        task_state: None,
+    })
+}
+
+/// Claims and results count only from the connection that holds the run:
+/// another connection (here of the same team; another team's can never
+/// hold it either) cannot claim, finish or adopt it.
+#[tokio::test]
+async fn only_the_holding_connection_may_claim_or_finish_a_run() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]).await;
+    let key = server.create_key("worker", "fake worker").await;
+    let mut holder = FakeWorker::connect(&server, "w", &key).await;
+    let mut other = FakeWorker::connect(&server, "x", &key).await;
+    let _ = other.recv().await; // hello
+    let run_id = server.submit("p", Some("w")).await;
+    let a = assignment(&mut holder).await;
+    assert_eq!(a.task_id, run_id);
+
+    // The other connection claims, reports it as its own, and finishes it.
+    other
+        .send(&WorkerMessage::TaskClaimed(TaskClaimed {
+            task_id: run_id.clone(),
+            worker_id: "x".into(),
+        }))
+        .await;
+    other
+        .send(&WorkerMessage::WorkerStatus(oz_protocol::WorkerStatus {
+            running: vec![run_id.clone()],
+            ..Default::default()
+        }))
+        .await;
+    other.send(&completed(&run_id)).await;
+    // Its lines are acknowledged (so a confused worker drains) but not
+    // stored; the ack also proves its earlier frames were handled.
+    other
+        .send(&lines(&run_id, vec![line(1, LogPhase::Agent, b"not mine")]))
+        .await;
+    assert_eq!(other.expect_ack(&run_id).await, 1);
+    let run = server.run(&run_id).await;
+    assert_eq!(run["state"], "PENDING", "{run}");
+    holder
+        .send(&WorkerMessage::TaskClaimed(TaskClaimed {
+            task_id: run_id.clone(),
+            worker_id: "w".into(),
+        }))
+        .await;
+    let run = server.wait_running(&run_id).await;
+    assert_eq!(run["state"], "CLAIMED", "{run}");
+
+    holder.send(&completed(&run_id)).await;
+    let run = server.wait_terminal(&run_id, WAIT).await;
+    assert_eq!(run["state"], "SUCCEEDED", "{run}");
+    let v = server
+        .get(&format!("/api/v1/agent/runs/{run_id}/logs"))
+        .await
+        .json();
+    assert!(page_lines(&v).is_empty(), "{v}");
+}
+
+/// A worker that lost a run (lease expired), then comes back after a
+/// follow-up started a new execution elsewhere: its late lines, log end and
+/// result change nothing of the new execution.
+#[tokio::test]
+async fn a_past_execution_cannot_touch_the_follow_up_execution() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--lease-grace", "1s"]).await;
+    let key = server.create_key("worker", "fake worker").await;
+    let mut first = FakeWorker::connect(&server, "w", &key).await;
+    let run_id = server.submit("p", Some("w")).await;
+    let exec1 = assignment(&mut first).await.execution_id;
+    first
+        .send(&WorkerMessage::TaskClaimed(TaskClaimed {
+            task_id: run_id.clone(),
+            worker_id: "w".into(),
+        }))
+        .await;
+    server.wait_running(&run_id).await;
+    first
+        .send(&WorkerMessage::LogLines(LogLines {
+            task_id: run_id.clone(),
+            execution_id: exec1.clone(),
+            lines: vec![line(1, LogPhase::Agent, b"exec1 a")],
+        }))
+        .await;
+    assert_eq!(first.expect_ack(&run_id).await, 1);
+    drop(first);
+    let lost = server.wait_terminal(&run_id, WAIT).await;
+    assert_eq!(lost["state"], "ERROR", "{lost}");
+
+    // A follow-up: a new execution on another connection.
+    let r = server
+        .post(
+            &format!("/api/v1/agent/runs/{run_id}/followups"),
+            &serde_json::json!({"message": "again"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut second = FakeWorker::connect(&server, "w", &key).await;
+    let exec2 = assignment(&mut second).await.execution_id;
+    assert_ne!(exec1, exec2);
+    second
+        .send(&WorkerMessage::TaskClaimed(TaskClaimed {
+            task_id: run_id.clone(),
+            worker_id: "w".into(),
+        }))
+        .await;
+    server.wait_running(&run_id).await;
+
+    // The first worker is back with what it had left.
+    let mut late = FakeWorker::connect(&server, "w", &key).await;
+    let _ = late.recv().await; // hello
+    late.send(&WorkerMessage::LogLines(LogLines {
+        task_id: run_id.clone(),
+        execution_id: exec1.clone(),
+        lines: vec![line(2, LogPhase::Agent, b"exec1 b")],
+    }))
+    .await;
+    assert_eq!(
+        late.expect_ack(&run_id).await,
+        2,
+        "acknowledged, so it drains"
+    );
+    late.send(&WorkerMessage::LogEnd(LogEnd {
+        task_id: run_id.clone(),
+        execution_id: exec1.clone(),
+        last_seq: 2,
+    }))
+    .await;
+    late.send(&completed(&run_id)).await;
+
+    // The new execution goes on and ends on its own terms.
+    second
+        .send(&WorkerMessage::LogLines(LogLines {
+            task_id: run_id.clone(),
+            execution_id: exec2.clone(),
+            lines: vec![line(1, LogPhase::Agent, b"exec2 a")],
+        }))
+        .await;
+    assert_eq!(second.expect_ack(&run_id).await, 1);
+    let run = server.run(&run_id).await;
+    assert_eq!(
+        run["state"], "CLAIMED",
+        "the late result changed nothing: {run}"
+    );
+    second
+        .send(&WorkerMessage::LogEnd(LogEnd {
+            task_id: run_id.clone(),
+            execution_id: exec2.clone(),
+            last_seq: 1,
+        }))
+        .await;
+    second.send(&completed(&run_id)).await;
+    let run = server.wait_terminal(&run_id, WAIT).await;
+    assert_eq!(run["state"], "SUCCEEDED", "{run}");
+    let v = server
+        .get(&format!("/api/v1/agent/runs/{run_id}/logs"))
+        .await
+        .json();
+    let texts: Vec<String> = page_lines(&v)
+        .iter()
+        .map(|l| String::from_utf8_lossy(&l.bytes()).into_owned())
+        .collect();
+    assert_eq!(texts, ["exec1 a", "exec2 a"]);
+    assert_eq!(v["complete"], true, "{v}");
 }

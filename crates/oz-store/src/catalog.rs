@@ -164,9 +164,13 @@ pub trait Catalog: Send + Sync + 'static {
     async fn get_schedule(&self, team_id: &str, id: &str) -> Result<Option<Schedule>>;
     /// Sorted by name, then id.
     async fn list_schedules(&self, team_id: &str) -> Result<Vec<Schedule>>;
-    /// Replace every mutable field (all but id, team, created_*, last_ran).
-    /// `None` when no such schedule.
-    async fn update_schedule(&self, s: Schedule) -> Result<Option<Schedule>>;
+    /// Replace the fields a user sets (name, cron, enabled, prompt, config,
+    /// agent, metadata, mode, updated_*), and `next_run` unless
+    /// `keep_next_run`: the stored one is then left alone, so an edit racing
+    /// with a firing cannot put back a firing already claimed. `last_ran`
+    /// and `last_spawn_error` belong to the scheduler and are never written
+    /// here. `None` when no such schedule.
+    async fn update_schedule(&self, s: Schedule, keep_next_run: bool) -> Result<Option<Schedule>>;
     async fn delete_schedule(&self, team_id: &str, id: &str) -> Result<bool>;
     /// Enabled schedules whose next firing is at or before `now`, soonest first.
     async fn due_schedules(&self, now: &str, limit: u32) -> Result<Vec<Schedule>>;
@@ -219,8 +223,17 @@ pub trait Catalog: Send + Sync + 'static {
     /// transaction (see [`Delivery`]). `None` when the run does not exist.
     async fn add_followup(&self, f: NewFollowup) -> Result<Option<(Followup, Run)>>;
     /// Queue an ended run again for the follow-ups that waited for its last
-    /// execution. `None` when the run is not ended or none are waiting.
+    /// execution. `None` when the run is not ended, none are waiting, or its
+    /// cancellation was asked for (a cancel is not undone; the follow-ups
+    /// wait for the next one).
     async fn requeue_for_followups(&self, run_id: &str, now: &str) -> Result<Option<Run>>;
+    /// A QUEUED run with waiting follow-ups (they came while a worker held
+    /// it, and it went back to the queue unstarted): give them to the
+    /// execution about to start. `None` when there is nothing to do.
+    async fn fold_followups(&self, run_id: &str, now: &str) -> Result<Option<Run>>;
+    /// Ended runs whose follow-ups wait and that were not cancelled: what a
+    /// crash between ending a run and queuing it again would leave.
+    async fn runs_awaiting_followups(&self) -> Result<Vec<String>>;
     async fn list_followups(&self, run_id: &str) -> Result<Vec<Followup>>;
 
     /// The server secret `name`, created from `candidate` if there is none

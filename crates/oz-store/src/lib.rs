@@ -186,6 +186,9 @@ pub struct Run {
     pub executions: u32,
     /// Added to the worker's log seqs of the current execution.
     pub log_seq_base: u64,
+    /// When the run last entered the queue for a new execution (creation or
+    /// a follow-up); the queue timeout counts from here.
+    pub queued_at: String,
 }
 
 impl Run {
@@ -346,7 +349,7 @@ pub trait Store: Catalog + Send + Sync + 'static {
     async fn insert_run(&self, run: NewRun) -> Result<Run>;
     async fn get_run(&self, run_id: &str) -> Result<Option<Run>>;
     async fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>>;
-    /// QUEUED runs, oldest first.
+    /// QUEUED runs, longest queued first (by `queued_at`).
     async fn queued_runs(&self, limit: u32) -> Result<Vec<Run>>;
     /// Runs in PENDING, CLAIMED or INPROGRESS.
     async fn active_runs(&self) -> Result<Vec<Run>>;

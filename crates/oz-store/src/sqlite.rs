@@ -56,7 +56,7 @@ const RUN_COLUMNS: &str = "run_id, team_id, state, prompt, title, config, metada
      updated_at, started_at, ended_at, status_message, execution_id, holder, assigned_at, \
      cancel_requested_at, token_hash, artifacts, log_last_seq, creator_id, creator, agent_uid, \
      executor, parent_run_id, conversation_id, schedule, execution_prompt, pending_followups, \
-     executions, log_seq_base";
+     executions, log_seq_base, queued_at";
 
 const KEY_COLUMNS: &str = "id, team_id, name, kind, prefix, created_at, last_used_at, revoked_at";
 
@@ -353,6 +353,7 @@ fn run_from_row(row: &SqliteRow) -> Result<Run> {
         pending_followups: count("pending_followups")?,
         executions: count("executions")?,
         log_seq_base: u64_from_db("run log_seq_base", log_seq_base)?,
+        queued_at: get("queued_at")?,
     })
 }
 
@@ -449,7 +450,8 @@ impl Sql {
         format!("IN ({})", list.join(", "))
     }
 
-    async fn fetch_all(self, pool: &SqlitePool, op: &'static str) -> Result<Vec<SqliteRow>> {
+    /// The statement with every value bound.
+    fn query(self) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
         let mut query = sqlx::query(AssertSqlSafe(self.text));
         for arg in self.args {
             query = match arg {
@@ -457,7 +459,21 @@ impl Sql {
                 Arg::Int(v) => query.bind(v),
             };
         }
-        query.fetch_all(pool).await.map_err(db(op))
+        query
+    }
+
+    /// Runs the statement; returns the number of rows it changed.
+    async fn execute(self, pool: &SqlitePool, op: &'static str) -> Result<u64> {
+        Ok(self
+            .query()
+            .execute(pool)
+            .await
+            .map_err(db(op))?
+            .rows_affected())
+    }
+
+    async fn fetch_all(self, pool: &SqlitePool, op: &'static str) -> Result<Vec<SqliteRow>> {
+        self.query().fetch_all(pool).await.map_err(db(op))
     }
 }
 
@@ -550,9 +566,10 @@ async fn insert_run_on(conn: &mut SqliteConnection, run: NewRun) -> Result<Run> 
         "INSERT INTO runs (run_id, team_id, state, prompt, title, config, metadata, source, \
          mode, worker_host, name, model_id, environment_id, skill_spec, schedule_id, \
          created_at, updated_at, status_message, token_hash, artifacts, creator_id, creator, \
-         agent_uid, executor, parent_run_id, conversation_id, schedule) \
+         agent_uid, executor, parent_run_id, conversation_id, schedule, queued_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-         $16, $16, $17, $18, '[]', $19, $20, $21, $22, $23, $24, $25) RETURNING {RUN_COLUMNS}"
+         $16, $16, $17, $18, '[]', $19, $20, $21, $22, $23, $24, $25, $16) \
+         RETURNING {RUN_COLUMNS}"
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(run.run_id.clone())
@@ -911,7 +928,7 @@ impl Store for SqliteStore {
     async fn queued_runs(&self, limit: u32) -> Result<Vec<Run>> {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE state = $1 \
-             ORDER BY created_at, run_id LIMIT $2"
+             ORDER BY queued_at, run_id LIMIT $2"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(RunState::Queued.as_str())
@@ -1103,12 +1120,16 @@ impl Store for SqliteStore {
             let run_id: String = row
                 .try_get("run_id")
                 .map_err(db("find runs with old logs"))?;
-            let done = sqlx::query("DELETE FROM run_logs WHERE run_id = $1")
-                .bind(run_id)
-                .execute(&self.pool)
-                .await
-                .map_err(db("delete logs"))?;
-            deleted += done.rows_affected();
+            // Checked again: a follow-up may have queued the run since.
+            let mut sql = Sql::new("DELETE FROM run_logs WHERE run_id = ");
+            let r = sql.arg(run_id);
+            let t = sql.arg(ts.to_owned());
+            let states = sql.states_in(&terminal_states());
+            sql.push(&format!(
+                "{r} AND EXISTS (SELECT 1 FROM runs WHERE run_id = {r} \
+                 AND ended_at IS NOT NULL AND ended_at < {t} AND state {states})"
+            ));
+            deleted += sql.execute(&self.pool, "delete logs").await?;
         }
         Ok(deleted)
     }

@@ -97,7 +97,7 @@ async fn schedules_crud_and_due() {
     let mut paused = s.get_schedule("t", "s2").await.unwrap().unwrap();
     paused.enabled = false;
     paused.next_run = None;
-    s.update_schedule(paused).await.unwrap().unwrap();
+    s.update_schedule(paused, false).await.unwrap().unwrap();
     assert!(
         s.due_schedules(T2, 10)
             .await
@@ -109,7 +109,7 @@ async fn schedules_crud_and_due() {
     assert!(s.delete_schedule("t", "s1").await.unwrap());
     assert!(!s.delete_schedule("t", "s1").await.unwrap());
     assert!(
-        s.update_schedule(schedule("s1", "a", None))
+        s.update_schedule(schedule("s1", "a", None), false)
             .await
             .unwrap()
             .is_none()
@@ -348,10 +348,7 @@ async fn followups_route_by_state() {
         .unwrap();
     assert_eq!(f.delivery, Delivery::NextExecution);
     assert_eq!(f.execution, Some(1));
-    assert_eq!(
-        run.current_prompt(),
-        "do it\n\n## Follow-up 1\nmessage f1"
-    );
+    assert_eq!(run.current_prompt(), "do it\n\n## Follow-up 1\nmessage f1");
 
     // Running: waits for the execution to end.
     let patch = RunPatch {
@@ -451,4 +448,155 @@ async fn server_secrets_are_created_once() {
     assert_eq!(s.server_secret("k", b"first").await.unwrap(), b"first");
     assert_eq!(s.server_secret("k", b"second").await.unwrap(), b"first");
     assert_eq!(s.server_secret("j", b"other").await.unwrap(), b"other");
+}
+
+/// An edit that read the schedule before a firing was claimed must not put
+/// the claimed firing back.
+#[tokio::test]
+async fn an_edit_racing_with_a_firing_keeps_the_claimed_next_run() {
+    let (_d, s) = store().await;
+    s.insert_schedule(schedule("s", "n", Some(T1)))
+        .await
+        .unwrap();
+    let stale = s.get_schedule("t", "s").await.unwrap().unwrap();
+    assert!(matches!(
+        s.fire_schedule(firing(T1, "r1")).await.unwrap(),
+        Some(Some(_))
+    ));
+    let mut edit = stale;
+    edit.name = "renamed".into();
+    edit.last_spawn_error = Some("stale".into());
+    let after = s.update_schedule(edit, true).await.unwrap().unwrap();
+    assert_eq!(after.name, "renamed");
+    assert_eq!(after.next_run.as_deref(), Some(T2), "the claim stands");
+    assert_eq!(after.last_ran.as_deref(), Some(T1));
+    assert_eq!(
+        after.last_spawn_error, None,
+        "the scheduler's field is not written"
+    );
+    // So the same firing cannot happen again.
+    assert!(s.fire_schedule(firing(T1, "r2")).await.unwrap().is_none());
+}
+
+async fn running_with_followup(s: &SqliteStore, run_id: &str) {
+    s.insert_run(new_run(run_id)).await.unwrap();
+    let patch = RunPatch {
+        new_execution: true,
+        execution_id: Some(Some("x1".into())),
+        ..Default::default()
+    };
+    s.transition(run_id, &[RunState::Queued], RunState::Inprogress, patch, T1)
+        .await
+        .unwrap()
+        .unwrap();
+    let (f, _) = s
+        .add_followup(followup("f-wait", run_id, T1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.execution, None);
+}
+
+#[tokio::test]
+async fn a_cancelled_run_is_not_queued_again_for_waiting_followups() {
+    let (_d, s) = store().await;
+    running_with_followup(&s, "r1").await;
+    let patch = RunPatch {
+        cancel_requested_at: Some(Some(T1.into())),
+        ..Default::default()
+    };
+    s.transition(
+        "r1",
+        &[RunState::Inprogress],
+        RunState::Cancelled,
+        patch,
+        T2,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(s.requeue_for_followups("r1", T2).await.unwrap().is_none());
+    assert!(s.runs_awaiting_followups().await.unwrap().is_empty());
+    // A new follow-up restarts it, with the one that waited.
+    let (_, run) = s
+        .add_followup(followup("f-new", "r1", T2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.state, RunState::Queued);
+    assert!(run.current_prompt().contains("message f-wait"));
+    assert!(run.current_prompt().contains("message f-new"));
+    assert_eq!(run.cancel_requested_at, None);
+    assert_eq!(run.execution_id, None, "the old execution is over");
+    assert_eq!(run.queued_at, T2, "the queue timeout counts from now");
+}
+
+#[tokio::test]
+async fn an_ended_run_with_waiting_followups_is_found_by_the_sweep() {
+    let (_d, s) = store().await;
+    running_with_followup(&s, "r1").await;
+    s.transition(
+        "r1",
+        &[RunState::Inprogress],
+        RunState::Succeeded,
+        RunPatch::default(),
+        T2,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(s.runs_awaiting_followups().await.unwrap(), ["r1"]);
+    s.requeue_for_followups("r1", T2).await.unwrap().unwrap();
+    assert!(s.runs_awaiting_followups().await.unwrap().is_empty());
+}
+
+/// Follow-ups that came while a worker held the run go with the execution
+/// that really starts when it went back to the queue unstarted.
+#[tokio::test]
+async fn followups_of_a_run_sent_back_to_the_queue_are_folded_in() {
+    let (_d, s) = store().await;
+    s.insert_run(new_run("r1")).await.unwrap();
+    let patch = RunPatch {
+        new_execution: true,
+        execution_id: Some(Some("x1".into())),
+        ..Default::default()
+    };
+    s.transition("r1", &[RunState::Queued], RunState::Pending, patch, T1)
+        .await
+        .unwrap()
+        .unwrap();
+    s.add_followup(followup("first", "r1", T1))
+        .await
+        .unwrap()
+        .unwrap();
+    let back = s
+        .transition(
+            "r1",
+            &[RunState::Pending],
+            RunState::Queued,
+            RunPatch::default(),
+            T1,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.pending_followups, 1);
+    let folded = s.fold_followups("r1", T1).await.unwrap().unwrap();
+    assert_eq!(folded.pending_followups, 0);
+    assert!(folded.current_prompt().contains("message first"));
+    // A second one while queued keeps both, in order.
+    let (_, run) = s
+        .add_followup(followup("second", "r1", T2))
+        .await
+        .unwrap()
+        .unwrap();
+    let p = run.current_prompt();
+    assert!(
+        p.find("message first").unwrap() < p.find("message second").unwrap(),
+        "{p}"
+    );
+    assert!(
+        s.fold_followups("r1", T2).await.unwrap().is_none(),
+        "nothing left"
+    );
 }

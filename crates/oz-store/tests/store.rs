@@ -240,6 +240,7 @@ mod story {
             pending_followups: 0,
             executions: 0,
             log_seq_base: 0,
+            queued_at: at(5),
         };
         assert_eq!(run, expected);
         assert_eq!(s.get_run("r1").await.unwrap(), Some(expected.clone()));

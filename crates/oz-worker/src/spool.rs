@@ -629,6 +629,7 @@ impl Spool {
             e.end_sent = true;
             return Step::Frame(WorkerMessage::LogEnd(LogEnd {
                 task_id: task_id.to_owned(),
+                execution_id: e.execution_id.clone(),
                 last_seq: e.last_seq,
             }));
         }

@@ -117,13 +117,35 @@ fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// The last component of a path, refusing names that are not plain files.
 fn file_name(path: &str) -> ApiResult<String> {
+    if path.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{path:?} contains control characters"
+        )));
+    }
     let name = path.rsplit(['/', '\\']).next().unwrap_or_default();
-    if name.is_empty() || name == "." || name == ".." || name.contains('\0') {
+    if name.is_empty() || name == "." || name == ".." {
         return Err(ApiError::bad_request(format!(
             "{path:?} does not end in a file name"
         )));
     }
     Ok(name.to_owned())
+}
+
+/// A MIME type that can be sent back as a `Content-Type` header.
+fn mime_type(value: &str) -> ApiResult<String> {
+    let ok = value
+        .split_once('/')
+        .is_some_and(|(kind, rest)| !kind.is_empty() && !rest.is_empty())
+        && axum::http::HeaderValue::from_str(value).is_ok()
+        && value.is_ascii()
+        && !value.chars().any(char::is_control);
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "mime_type {value:?} is not a MIME type like text/plain"
+        )))
+    }
 }
 
 /// `POST /agent/runs/{id}/artifacts?artifact_type=&filename=&…` with the
@@ -160,7 +182,7 @@ pub async fn upload(
         "PLAN" => "text/markdown",
         _ => "application/octet-stream",
     };
-    let mime_type = param(&q, "mime_type").unwrap_or(default_mime).to_owned();
+    let mime_type = mime_type(param(&q, "mime_type").unwrap_or(default_mime))?;
     if kind == "SCREENSHOT" && !mime_type.starts_with("image/") {
         return Err(ApiError::bad_request(
             "a SCREENSHOT needs an image/* mime_type",
@@ -222,9 +244,10 @@ pub async fn get(
 ) -> ApiResult<Json<Value>> {
     let missing = || ApiError::not_found(format!("no artifact with uid {uid:?}"));
     let a = state.store.get_artifact(&uid).await?.ok_or_else(missing)?;
+    // A run token reads its own run's artifacts only.
     let allowed = match &principal {
         Principal::Key(k) => k.kind != oz_store::KeyKind::Worker && k.team_id == a.team_id,
-        Principal::RunToken { team_id, .. } => *team_id == a.team_id,
+        Principal::RunToken { run_id, .. } => *run_id == a.run_id,
     };
     if !allowed {
         return Err(missing());
@@ -281,11 +304,32 @@ pub async fn get(
     })))
 }
 
+/// `Content-Disposition` for any file name: an ASCII fallback and the exact
+/// name as RFC 5987 `filename*`, so no stored name can make a header invalid.
+fn disposition(filename: &str) -> String {
+    let fallback: String = filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut exact = String::new();
+    for b in filename.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            exact.push(char::from(b));
+        } else {
+            exact.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}")
+}
+
 fn download_response(content: Vec<u8>, mime: &str, filename: &str) -> Response {
-    let disposition = format!(
-        "attachment; filename=\"{}\"",
-        filename.replace(['"', '\\', '\r', '\n'], "_")
-    );
+    let disposition = disposition(filename);
     (
         [
             (header::CONTENT_TYPE, mime.to_owned()),
@@ -341,7 +385,7 @@ pub async fn upload_handoff(
     let execution_id = run.execution_id.clone().ok_or_else(|| {
         ApiError::conflict("the run has no execution yet; upload handoff files while it runs")
     })?;
-    let mime_type = param(&q, "mime_type").map(str::to_owned);
+    let mime_type = param(&q, "mime_type").map(mime_type).transpose()?;
     let h = HandoffAttachment {
         id: uuid::Uuid::now_v7().to_string(),
         run_id: run.run_id.clone(),
@@ -452,6 +496,22 @@ mod tests {
             hex::encode(mac),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
+    }
+
+    #[test]
+    fn any_file_name_makes_a_valid_header() {
+        for name in ["report.txt", "résumé \"v2\".pdf", "a\\b;c.txt"] {
+            let d = disposition(name);
+            assert!(axum::http::HeaderValue::from_str(&d).is_ok(), "{d}");
+        }
+        assert_eq!(
+            disposition("é.txt"),
+            "attachment; filename=\"_.txt\"; filename*=UTF-8''%C3%A9.txt"
+        );
+        assert!(mime_type("text/plain").is_ok());
+        assert!(mime_type("text/pl\nain").is_err());
+        assert!(mime_type("plain").is_err());
+        assert!(file_name("a\u{1}b.txt").is_err());
     }
 
     #[test]

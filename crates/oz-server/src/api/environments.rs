@@ -189,8 +189,52 @@ fn validate(mut c: Map<String, Value>) -> ApiResult<Map<String, Value>> {
             "failure_session_retention_minutes must be an integer from 1 to 60",
         ));
     }
+    if let Some(p) = c.get("providers").filter(|v| !v.is_null()) {
+        check_providers(p)?;
+    }
     c.retain(|_, v| !v.is_null());
     Ok(c)
+}
+
+/// `providers`: `{aws?: {role_arn!}, gcp?: {project_number!,
+/// workload_identity_federation_pool_id!, workload_identity_federation_provider_id!,
+/// service_account_email?}}`, as the SDK's strict mode requires them.
+fn check_providers(p: &Value) -> ApiResult<()> {
+    let Some(p) = p.as_object() else {
+        return Err(ApiError::bad_request("providers must be an object"));
+    };
+    let need = |kind: &str, required: &[&str], optional: &[&str]| -> ApiResult<()> {
+        let Some(v) = p.get(kind).filter(|v| !v.is_null()) else {
+            return Ok(());
+        };
+        let ok = v.as_object().is_some_and(|m| {
+            required.iter().all(|f| {
+                m.get(*f)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+            }) && optional
+                .iter()
+                .all(|f| m.get(*f).is_none_or(|v| v.is_string() || v.is_null()))
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request(format!(
+                "providers.{kind} needs {} as strings",
+                required.join(", ")
+            )))
+        }
+    };
+    need("aws", &["role_arn"], &[])?;
+    need(
+        "gcp",
+        &[
+            "project_number",
+            "workload_identity_federation_pool_id",
+            "workload_identity_federation_provider_id",
+        ],
+        &["service_account_email"],
+    )
 }
 
 /// `CloudEnvironment`, with the newest run that used it.

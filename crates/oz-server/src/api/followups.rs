@@ -25,6 +25,9 @@ use crate::state::AppState;
 
 /// Longest follow-up message accepted.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Follow-ups one run accepts: each starts an execution whose prompt holds
+/// all of them, so an agent posting to its own run cannot go on forever.
+const MAX_FOLLOWUPS_PER_RUN: usize = 100;
 
 #[derive(Debug, Default, Deserialize)]
 struct FollowupParams {
@@ -57,6 +60,11 @@ pub async fn create(
     {
         return Err(ApiError::bad_request(format!(
             "mode {mode:?} is not one of normal, plan, orchestrate"
+        )));
+    }
+    if state.store.list_followups(&run.run_id).await?.len() >= MAX_FOLLOWUPS_PER_RUN {
+        return Err(ApiError::bad_request(format!(
+            "the run already has {MAX_FOLLOWUPS_PER_RUN} follow-ups; start a new run"
         )));
     }
     let new = NewFollowup {

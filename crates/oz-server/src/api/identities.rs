@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use oz_store::Agent;
 use serde_json::{Map, Value, json};
 
+use super::config;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -195,6 +196,11 @@ fn apply(
                 spec.remove(field);
             }
             Some(v @ Value::Object(_)) => {
+                match field {
+                    "harness" => config::check_harness(v, field)?,
+                    "harness_auth_secrets" => config::check_harness_auth_secrets(v, field)?,
+                    _ => config::check_inference_providers(v, field)?,
+                }
                 spec.insert(field.into(), v.clone());
             }
             Some(_) => {
@@ -204,10 +210,8 @@ fn apply(
     }
     match body.get("mcp_servers") {
         None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (name, server) in m {
-                check_mcp(name, server)?;
-            }
+        Some(v @ Value::Object(m)) => {
+            config::check_mcp_servers(v, "mcp_servers")?;
             if m.is_empty() {
                 spec.remove("mcp_servers");
             } else {
@@ -276,21 +280,8 @@ fn apply(
                 .unwrap_or_default();
             match m.get("attached_stores") {
                 None | Some(Value::Null) => {}
-                Some(Value::Array(stores)) => {
-                    for s in stores {
-                        let ok = ["uid", "instructions"]
-                            .iter()
-                            .all(|f| s.get(*f).is_some_and(Value::is_string))
-                            && matches!(
-                                s.get("access").and_then(Value::as_str),
-                                Some("read_write" | "read_only")
-                            );
-                        if !ok {
-                            return Err(ApiError::bad_request(
-                                "memory.attached_stores entries need uid, instructions and access (read_write or read_only)",
-                            ));
-                        }
-                    }
+                Some(list @ Value::Array(stores)) => {
+                    config::check_memory_stores(list, "memory.attached_stores")?;
                     memory.insert("attached_stores".into(), Value::Array(stores.clone()));
                 }
                 Some(_) => {
@@ -322,20 +313,6 @@ fn is_skill_spec(s: &str) -> bool {
         Some((repo, path)) => !repo.is_empty() && !path.is_empty() && !repo.contains(' '),
         None => false,
     }
-}
-
-/// Exactly one of `warp_id`, `command`, `url`.
-pub(crate) fn check_mcp(name: &str, server: &Value) -> ApiResult<()> {
-    let kinds = ["warp_id", "command", "url"]
-        .iter()
-        .filter(|k| server.get(**k).is_some_and(|v| !v.is_null()))
-        .count();
-    if !server.is_object() || kinds != 1 {
-        return Err(ApiError::bad_request(format!(
-            "MCP server {name:?} needs exactly one of warp_id, command or url"
-        )));
-    }
-    Ok(())
 }
 
 /// Rules between fields, and references that must exist.

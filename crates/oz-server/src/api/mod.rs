@@ -1,6 +1,7 @@
 //! The REST API under `/api/v1`: one module per resource.
 
 pub mod artifacts;
+pub mod config;
 pub mod environments;
 pub mod followups;
 pub mod identities;

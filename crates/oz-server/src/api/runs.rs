@@ -18,8 +18,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 const MAX_METADATA_KEYS: usize = 20;
-/// Harness types of `AmbientAgentConfig.harness.type` in the official SDK.
-const SDK_HARNESSES: [&str; 4] = ["oz", "claude", "gemini", "codex"];
 const ARTIFACT_TYPES: [&str; 5] = [
     "PLAN",
     "PULL_REQUEST",
@@ -98,7 +96,7 @@ pub(crate) async fn build_run(
     let team_id = origin.team_id.clone();
     let mut config = match p.config {
         None | Some(Value::Null) => serde_json::Map::new(),
-        Some(Value::Object(m)) => m,
+        Some(Value::Object(m)) => super::config::normalize(m, "config")?,
         Some(_) => return Err(ApiError::bad_request("config must be a JSON object")),
     };
     if p.team == Some(false) {
@@ -163,19 +161,6 @@ pub(crate) async fn build_run(
         }
     }
 
-    // The official SDK knows four harness types and rejects any other in
-    // strict mode; our runner's own (`command`, custom ones) are kept under
-    // `runner_harness`, so that listing runs keeps working for SDK users.
-    if let Some(kind) = config
-        .get("harness")
-        .and_then(|h| h.get("type"))
-        .and_then(Value::as_str)
-        && !SDK_HARNESSES.contains(&kind)
-        && let Some(h) = config.remove("harness")
-    {
-        config.insert("runner_harness".into(), h);
-    }
-
     // A top-level skill wins over config.skill_spec.
     let skill_spec = p
         .skill
@@ -193,12 +178,31 @@ pub(crate) async fn build_run(
     if let Some(s) = &skill_spec {
         config.insert("skill_spec".into(), json!(s));
     }
-    let prompt = p.prompt.unwrap_or_default();
-    let handoff = p
-        .conversation_id
-        .as_deref()
-        .is_some_and(|c| !c.trim().is_empty());
-    if prompt.trim().is_empty() && skill_spec.is_none() && !handoff {
+    // Continuing a conversation: it must be one of the team's; without a
+    // prompt, the new run does again what its newest run was asked.
+    let conversation = match p.conversation_id.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(c) => Some(
+            state
+                .store
+                .run_by_conversation(c)
+                .await?
+                .filter(|r| r.team_id == team_id)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "conversation_id {c:?} is not a conversation of this team's runs"
+                    ))
+                })?,
+        ),
+    };
+    let mut prompt = p.prompt.unwrap_or_default();
+    if prompt.trim().is_empty()
+        && skill_spec.is_none()
+        && let Some(previous) = &conversation
+    {
+        prompt = previous.current_prompt().to_owned();
+    }
+    if prompt.trim().is_empty() && skill_spec.is_none() {
         return Err(ApiError::bad_request(
             "prompt is required unless a skill is given (skill, config.skill_spec or config.skills)",
         ));
@@ -313,12 +317,13 @@ pub(crate) async fn build_run(
         agent_uid,
         executor,
         parent_run_id,
-        conversation_id: Some(
-            p.conversation_id
-                .map(|c| c.trim().to_owned())
-                .filter(|c| !c.is_empty())
+        conversation_id: Some(match &conversation {
+            Some(previous) => previous
+                .conversation_id
+                .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        ),
+            None => uuid::Uuid::new_v4().to_string(),
+        }),
         schedule,
     };
     new.status_message = Some(StatusMessage::info(

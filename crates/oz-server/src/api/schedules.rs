@@ -116,9 +116,10 @@ pub async fn update(
         updated_at: crate::now(),
         ..current
     };
+    // A kept firing is left as stored: it may have been claimed meanwhile.
     let schedule = state
         .store
-        .update_schedule(schedule)
+        .update_schedule(schedule, keep_next)
         .await?
         .ok_or_else(|| not_found(&id))?;
     tracing::info!(schedule_id = %schedule.id, "schedule updated");
@@ -182,7 +183,7 @@ async fn set_enabled(
     };
     let schedule = state
         .store
-        .update_schedule(schedule)
+        .update_schedule(schedule, false)
         .await?
         .ok_or_else(|| not_found(&id))?;
     tracing::info!(schedule_id = %id, enabled, "schedule {}", if enabled { "resumed" } else { "paused" });
@@ -251,9 +252,10 @@ async fn check(
             "cron_schedule {cron_text:?} never fires (no such date)"
         )));
     }
+    // Stored as its runs will see it (checked, foreign harness types moved).
     let agent_config = match p.agent_config {
         None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => Some(v),
+        Some(Value::Object(m)) => Some(Value::Object(super::config::normalize(m, "agent_config")?)),
         Some(_) => return Err(ApiError::bad_request("agent_config must be a JSON object")),
     };
     let prompt = p.prompt.unwrap_or_default();

@@ -24,6 +24,14 @@ ALTER TABLE runs ADD COLUMN executions INTEGER NOT NULL DEFAULT 0;
 -- Workers number log lines from 1 in every execution; stored seq = base + seq,
 -- so a later execution's lines follow the earlier ones.
 ALTER TABLE runs ADD COLUMN log_seq_base INTEGER NOT NULL DEFAULT 0;
+-- When the run last entered the queue as a new execution (its creation, or
+-- a follow-up): the queue timeout counts from here.
+ALTER TABLE runs ADD COLUMN queued_at TEXT NOT NULL DEFAULT '';
+UPDATE runs SET queued_at = created_at;
+DROP INDEX runs_queue;
+CREATE INDEX runs_queue ON runs (state, queued_at, run_id);
+-- Ended runs whose follow-ups still wait (normally none: a sweep finds them).
+CREATE INDEX runs_pending_followups ON runs (run_id) WHERE pending_followups > 0;
 
 -- The dispatcher's query: one worker id's queued runs, oldest first, without
 -- walking the team's history (bench/REPORT.md, cause 4).

@@ -213,9 +213,12 @@ async fn requeue_on(conn: &mut SqliteConnection, run: &Run, now: &str) -> Result
         .collect();
     // A new execution numbers its log lines from 1 again: continue after the
     // lines stored so far.
+    // The old execution is over: its id, holder and token go, so that late
+    // frames of it (which carry its execution id) are told apart.
     let sql = format!(
         "UPDATE runs SET state = 'QUEUED', execution_prompt = $1, pending_followups = 0, \
          ended_at = NULL, cancel_requested_at = NULL, holder = NULL, assigned_at = NULL, \
+         execution_id = NULL, token_hash = NULL, queued_at = $3, \
          status_message = $2, log_last_seq = NULL, updated_at = $3, \
          log_seq_base = COALESCE((SELECT MAX(seq) FROM run_logs WHERE run_id = $4), 0) \
          WHERE run_id = $4 AND state IN ({}) RETURNING {RUN_COLUMNS}",
@@ -229,6 +232,31 @@ async fn requeue_on(conn: &mut SqliteConnection, run: &Run, now: &str) -> Result
         .fetch_all(&mut *conn)
         .await
         .map_err(db("queue run for follow-up"))?;
+    rows.first().map(run_from_row).transpose()
+}
+
+/// Give every waiting follow-up of a QUEUED run to the execution about to
+/// start. The caller holds a write transaction.
+async fn fold_on(conn: &mut SqliteConnection, run: &Run, now: &str) -> Result<Option<Run>> {
+    let next = run.executions + 1;
+    sqlx::query("UPDATE followups SET execution = $1 WHERE run_id = $2 AND execution IS NULL")
+        .bind(i64::from(next))
+        .bind(run.run_id.clone())
+        .execute(&mut *conn)
+        .await
+        .map_err(db("assign follow-ups"))?;
+    let prompt = compose_prompt(conn, run, next).await?;
+    let sql = format!(
+        "UPDATE runs SET execution_prompt = $1, pending_followups = 0, updated_at = $2 \
+         WHERE run_id = $3 AND state = 'QUEUED' RETURNING {RUN_COLUMNS}"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(prompt)
+        .bind(now.to_owned())
+        .bind(run.run_id.clone())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("fold follow-ups"))?;
     rows.first().map(run_from_row).transpose()
 }
 
@@ -301,11 +329,11 @@ impl Catalog for SqliteStore {
         rows.iter().map(schedule_from_row).collect()
     }
 
-    async fn update_schedule(&self, s: Schedule) -> Result<Option<Schedule>> {
+    async fn update_schedule(&self, s: Schedule, keep_next_run: bool) -> Result<Option<Schedule>> {
         let sql = format!(
             "UPDATE schedules SET name = $1, cron_schedule = $2, enabled = $3, prompt = $4, \
              agent_config = $5, agent_uid = $6, metadata = $7, mode = $8, updated_by = $9, \
-             updated_at = $10, next_run = $11, last_spawn_error = $12 \
+             updated_at = $10, next_run = CASE WHEN $12 THEN next_run ELSE $11 END \
              WHERE team_id = $13 AND id = $14 RETURNING {SCHEDULE_COLUMNS}"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -320,7 +348,7 @@ impl Catalog for SqliteStore {
             .bind(opt_json("schedule updated_by", &s.updated_by)?)
             .bind(s.updated_at)
             .bind(s.next_run)
-            .bind(s.last_spawn_error)
+            .bind(keep_next_run)
             .bind(s.team_id)
             .bind(s.id)
             .fetch_all(&self.pool)
@@ -696,21 +724,9 @@ impl Catalog for SqliteStore {
         )?;
         let updated = match (run.state, execution) {
             (s, _) if s.is_terminal() => requeue_on(&mut tx, &run, &f.created_at).await?,
-            (_, Some(execution)) => {
-                let prompt = compose_prompt(&mut tx, &run, execution).await?;
-                let sql = format!(
-                    "UPDATE runs SET execution_prompt = $1, updated_at = $2 WHERE run_id = $3 \
-                     RETURNING {RUN_COLUMNS}"
-                );
-                let rows = sqlx::query(AssertSqlSafe(sql))
-                    .bind(prompt)
-                    .bind(f.created_at)
-                    .bind(f.run_id)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db(op))?;
-                rows.first().map(run_from_row).transpose()?
-            }
+            // Also those that came while a worker held the run before it
+            // went back to the queue unstarted.
+            (_, Some(_)) => fold_on(&mut tx, &run, &f.created_at).await?,
             (_, None) => {
                 let sql = format!(
                     "UPDATE runs SET pending_followups = pending_followups + 1, updated_at = $1 \
@@ -740,12 +756,50 @@ impl Catalog for SqliteStore {
         let Some(run) = run_on(&mut tx, run_id).await? else {
             return Ok(None);
         };
-        if !run.state.is_terminal() || run.pending_followups == 0 {
+        if !run.state.is_terminal()
+            || run.pending_followups == 0
+            || run.cancel_requested_at.is_some()
+        {
             return Ok(None);
         }
         let run = requeue_on(&mut tx, &run, now).await?;
         tx.commit().await.map_err(db(op))?;
         Ok(run)
+    }
+
+    async fn fold_followups(&self, run_id: &str, now: &str) -> Result<Option<Run>> {
+        let op = "fold follow-ups";
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db(op))?;
+        let Some(run) = run_on(&mut tx, run_id).await? else {
+            return Ok(None);
+        };
+        if run.state != RunState::Queued || run.pending_followups == 0 {
+            return Ok(None);
+        }
+        let run = fold_on(&mut tx, &run, now).await?;
+        tx.commit().await.map_err(db(op))?;
+        Ok(run)
+    }
+
+    async fn runs_awaiting_followups(&self) -> Result<Vec<String>> {
+        let terminal: Vec<String> = RunState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let sql = format!(
+            "SELECT run_id FROM runs WHERE pending_followups > 0 \
+             AND cancel_requested_at IS NULL AND state IN ({})",
+            terminal.join(", ")
+        );
+        sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("runs awaiting follow-ups"))
     }
 
     async fn list_followups(&self, run_id: &str) -> Result<Vec<Followup>> {
