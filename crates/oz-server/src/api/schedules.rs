@@ -116,15 +116,22 @@ pub async fn update(
         updated_at: crate::now(),
         ..current
     };
-    // A kept firing is left as stored: it may have been claimed meanwhile.
-    let schedule = state
+    let saved = save(&state, schedule, keep_next).await?;
+    tracing::info!(schedule_id = %id, "schedule updated");
+    Ok(Json(saved))
+}
+
+/// Store an edited schedule and wake the scheduler. With `keep_next`, the
+/// stored firing is left as it is: it may have been claimed meanwhile.
+async fn save(state: &AppState, s: Schedule, keep_next: bool) -> ApiResult<ScheduledAgentItem> {
+    let id = s.id.clone();
+    let s = state
         .store
-        .update_schedule(schedule, keep_next)
+        .update_schedule(s, keep_next)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    tracing::info!(schedule_id = %schedule.id, "schedule updated");
     state.scheduler.notify_one();
-    Ok(Json(item(&state, &schedule).await?))
+    item(state, &s).await
 }
 
 pub async fn delete(
@@ -181,14 +188,9 @@ async fn set_enabled(
         updated_at: crate::now(),
         ..current
     };
-    let schedule = state
-        .store
-        .update_schedule(schedule, false)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
+    let saved = save(&state, schedule, false).await?;
     tracing::info!(schedule_id = %id, enabled, "schedule {}", if enabled { "resumed" } else { "paused" });
-    state.scheduler.notify_one();
-    Ok(Json(item(&state, &schedule).await?))
+    Ok(Json(saved))
 }
 
 fn not_found(id: &str) -> ApiError {
