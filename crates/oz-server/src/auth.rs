@@ -1,6 +1,10 @@
 //! API keys and run-scoped tokens: random 256-bit secrets with a readable
 //! prefix, stored only as SHA-256 hashes, compared in constant time.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -18,6 +22,27 @@ pub const TEAM_KEY_PREFIX: &str = "ozk_";
 pub const WORKER_KEY_PREFIX: &str = "wk-";
 /// Prefix of a run-scoped token.
 pub const RUN_TOKEN_PREFIX: &str = "ozr_";
+
+/// `api_keys.last_used_at` is written at most this often per key: it tells
+/// people whether a key is still in use, and a write transaction on every
+/// request was a large part of the server's cost per request.
+pub const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// When each key's `last_used_at` was last written by this process.
+static TOUCHED: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
+
+/// Is it time to write this key's `last_used_at`? Claims the write if so.
+fn claim_touch(key_id: &str) -> bool {
+    let now = Instant::now();
+    let mut touched = TOUCHED.lock().unwrap_or_else(|p| p.into_inner());
+    match touched.get(key_id) {
+        Some(at) if now.duration_since(*at) < TOUCH_EVERY => false,
+        _ => {
+            touched.insert(key_id.to_owned(), now);
+            true
+        }
+    }
+}
 
 /// A new random secret: prefix + 64 hex chars (256 bits).
 pub fn new_secret(prefix: &str) -> String {
@@ -127,9 +152,16 @@ pub async fn authenticate(state: &AppState, secret: &str) -> Result<Principal, A
     }
     match state.store.find_api_key(&h).await? {
         Some(key) => {
-            let now = crate::now();
-            if let Err(e) = state.store.touch_api_key(&key.id, &now).await {
-                tracing::debug!(error = %e, "cannot record key use");
+            if claim_touch(&key.id) {
+                let now = crate::now();
+                if let Err(e) = state.store.touch_api_key(&key.id, &now).await {
+                    tracing::debug!(error = %e, "cannot record key use");
+                    // Try again on the next request.
+                    TOUCHED
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key.id);
+                }
             }
             Ok(Principal::Key(key))
         }
@@ -165,6 +197,23 @@ pub fn token_live(state: RunState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_use_is_recorded_at_most_once_a_minute_per_key() {
+        let a = new_secret("test-key-a-");
+        let b = new_secret("test-key-b-");
+        assert!(claim_touch(&a));
+        assert!(
+            !claim_touch(&a),
+            "a second use within a minute is not written"
+        );
+        assert!(claim_touch(&b), "each key has its own minute");
+        // A minute later it is written again.
+        if let Some(earlier) = Instant::now().checked_sub(TOUCH_EVERY) {
+            TOUCHED.lock().unwrap().insert(a.clone(), earlier);
+            assert!(claim_touch(&a));
+        }
+    }
 
     #[test]
     fn secrets_are_long_random_and_prefixed() {

@@ -21,7 +21,7 @@ use oz_protocol::logs::{LogPhase, LogStream};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Child;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::spool::{Piece, Spool, now};
@@ -32,9 +32,10 @@ pub const PIECE: usize = 64 * 1024;
 pub const MIN_SECRET_LEN: usize = 6;
 /// What replaces a secret.
 pub const REDACTED: &[u8] = b"[REDACTED]";
-/// How long pipes are still read after the task's processes were swept:
-/// a process outside our reach (no marker, own session) may hold a pipe open
-/// forever, and must not hold the task.
+/// How long pipes are still waited on after the task's processes were
+/// swept: a process outside our reach (no marker, own session) may hold a
+/// pipe open forever, and must not hold the task. Time spent waiting for
+/// room in the spool (back-pressure) does not count.
 pub const DRAIN_AFTER_SWEEP: Duration = Duration::from_secs(2);
 /// How long, after a hook or the agent exited, its output may take to be
 /// read before the next phase starts.
@@ -264,8 +265,11 @@ pub struct TaskLog {
     spool: Arc<Spool>,
     task_id: Arc<str>,
     secrets: Arc<Secrets>,
-    readers: Mutex<Vec<JoinHandle<()>>>,
-    stop: CancellationToken,
+    /// Each reader returns true when it stopped before the end of its pipe.
+    readers: Mutex<Vec<JoinHandle<bool>>>,
+    /// The task's processes were swept: readers get [`DRAIN_AFTER_SWEEP`]
+    /// of waiting on their pipes from now on.
+    swept: CancellationToken,
 }
 
 impl TaskLog {
@@ -281,7 +285,7 @@ impl TaskLog {
             task_id: Arc::from(task_id),
             secrets: Arc::new(secrets),
             readers: Mutex::new(Vec::new()),
-            stop: CancellationToken::new(),
+            swept: CancellationToken::new(),
         }
     }
 
@@ -315,7 +319,7 @@ impl TaskLog {
             self.spool.clone(),
             self.task_id.clone(),
             self.secrets.clone(),
-            self.stop.clone(),
+            self.swept.clone(),
         ));
         self.readers
             .lock()
@@ -345,23 +349,26 @@ impl TaskLog {
     }
 
     /// Call after the task's processes were swept: wait for the pipes to
-    /// close, at most [`DRAIN_AFTER_SWEEP`], then stop reading. Every line
-    /// read is in the spool when this returns.
+    /// close, each waited on for at most [`DRAIN_AFTER_SWEEP`], then stop
+    /// reading. Every line read is in the spool when this returns.
     pub async fn close(&self) {
-        if !self.settle(DRAIN_AFTER_SWEEP).await {
+        self.swept.cancel();
+        let handles = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut cut = false;
+        for h in handles {
+            cut |= h.await.unwrap_or(false);
+        }
+        if cut {
             tracing::info!(
                 run_id = %self.task_id,
                 "a process outside the task's reach keeps its output open; no longer reading it"
             );
         }
-        self.stop.cancel();
-        let handles = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner()));
-        for h in handles {
-            let _ = h.await;
-        }
     }
 }
 
+/// Drain one pipe into the spool; true when it stopped before the end of
+/// the pipe (the drain time after the sweep ran out).
 async fn read_stream<R>(
     mut pipe: R,
     stream: LogStream,
@@ -369,25 +376,52 @@ async fn read_stream<R>(
     spool: Arc<Spool>,
     task_id: Arc<str>,
     secrets: Arc<Secrets>,
-    stop: CancellationToken,
-) where
+    swept: CancellationToken,
+) -> bool
+where
     R: AsyncRead + Unpin,
 {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut splitter = LineSplitter::default();
     let mut pieces = Vec::new();
+    // Once swept: how much longer the pipe may be waited on.
+    let mut drain_left: Option<Duration> = None;
+    let mut cut = false;
     loop {
-        let n = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            r = pipe.read(&mut buf) => match r {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::debug!(run_id = %task_id, stream = stream.as_str(), error = %e, "reading task output failed");
-                    break;
+        // Back-pressure: with the spool full, stop reading (the task blocks
+        // on its writes) until the control plane acknowledges lines.
+        spool.room(&task_id).await;
+        let read = match drain_left {
+            None => tokio::select! {
+                biased;
+                // `read` is cancel-safe: nothing is lost by dropping it.
+                _ = swept.cancelled() => {
+                    drain_left = Some(DRAIN_AFTER_SWEEP);
+                    continue;
                 }
+                r = pipe.read(&mut buf) => r,
             },
+            Some(left) => {
+                let started = Instant::now();
+                match timeout(left, pipe.read(&mut buf)).await {
+                    Ok(r) => {
+                        drain_left = Some(left.saturating_sub(started.elapsed()));
+                        r
+                    }
+                    Err(_) => {
+                        cut = true;
+                        break;
+                    }
+                }
+            }
+        };
+        let n = match read {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(run_id = %task_id, stream = stream.as_str(), error = %e, "reading task output failed");
+                break;
+            }
         };
         let set = secrets.current();
         splitter.push(&buf[..n], &set, &mut pieces);
@@ -398,6 +432,7 @@ async fn read_stream<R>(
     }
     splitter.finish(&secrets.current(), &mut pieces);
     spool.append(&task_id, stream, phase, &now(), &pieces);
+    cut
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@
 //! (the official one never sends `server_hello`) gets only the terminal
 //! frames, and the logs are discarded. Until the first frame of a
 //! connection, or [`HELLO_WAIT`], it is not known which: terminal frames
-//! wait that long at most.
+//! wait that long at most. While a control plane with `logs` is connected,
+//! a task whose spool is full waits for its acks ([`Spool::room`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -161,7 +162,10 @@ impl Connection {
                     let started = Instant::now();
                     self.logs = None;
                     self.spool.reset_sending();
-                    match self.session(ws).await {
+                    let end = self.session(ws).await;
+                    // Nobody acknowledges now: a full spool drops, not waits.
+                    self.spool.set_acking(false);
+                    match end {
                         SessionEnd::Closed => return Finish::Delivered,
                         SessionEnd::Aborted => return self.undelivered(),
                         SessionEnd::Lost(why) => {
@@ -357,6 +361,7 @@ impl Connection {
                     );
                 }
                 self.logs = Some(logs);
+                self.spool.set_acking(logs);
             }
             // A control plane with extensions says hello first; anything
             // else first means v1.

@@ -26,7 +26,7 @@ use crate::config::Settings;
 use crate::dotenv;
 use crate::env::{EnvList, minimal_base};
 use crate::spool::Spool;
-use crate::sys::{self, MARKER_VAR, RunOutcome, StopTokens, Stopped};
+use crate::sys::{self, MARKER_VAR, Marker, RunOutcome, Scan, StopTokens, Stopped};
 use crate::task::{Outcome, StopReason, TaskControl};
 
 /// Name of the ownership marker written into every workspace we create.
@@ -162,7 +162,8 @@ impl DirectBackend {
             let killed = sys::terminate(
                 None,
                 &[],
-                &owner.run_marker,
+                &Marker::new(owner.run_marker.as_str()),
+                Scan::All,
                 d.grace_period,
                 &CancellationToken::new(),
             )
@@ -205,7 +206,7 @@ impl DirectBackend {
             assignment.execution_id.clone(),
             self.task_secrets(assignment),
         );
-        let mut ws = match self.open_workspace(run_id, &ctl.marker) {
+        let mut ws = match self.open_workspace(run_id, ctl.marker.as_str()) {
             Ok(ws) => ws,
             Err(e) => {
                 tracing::error!(run_id, error = %e, "cannot prepare the workspace");
@@ -274,6 +275,7 @@ impl DirectBackend {
                     setup,
                     &ws.dir,
                     &env,
+                    &ctl.marker,
                     limit(d.setup_timeout),
                     &ctl.tokens,
                     log,
@@ -290,6 +292,7 @@ impl DirectBackend {
                 }
                 Ok(out) => {
                     ws.pgids.push(out.pgid);
+                    ws.stopped |= out.stopped.is_some();
                     tracing::info!(run_id, status = %sys::describe(&out.status), "setup finished");
                     log.settle(SETTLE_BETWEEN_PHASES).await;
                     match out.stopped {
@@ -375,6 +378,7 @@ impl DirectBackend {
             }
         };
         ws.pgids.push(out.pgid);
+        ws.stopped |= out.stopped.is_some();
         let code = sys::exit_code(&out.status);
         tracing::info!(run_id, status = %sys::describe(&out.status), "agent exited");
         log.settle(SETTLE_BETWEEN_PHASES).await;
@@ -437,6 +441,7 @@ impl DirectBackend {
         script: &str,
         cwd: &Path,
         env: &EnvList,
+        marker: &Marker,
         timeout: Option<Duration>,
         tokens: &StopTokens,
         log: &TaskLog,
@@ -451,10 +456,9 @@ impl DirectBackend {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let marker = env.get(MARKER_VAR).unwrap_or_default().to_owned();
         sys::run_supervised(
             cmd,
-            &marker,
+            marker,
             timeout,
             tokens,
             self.settings.direct.grace_period,
@@ -504,6 +508,7 @@ impl DirectBackend {
                     teardown,
                     &ws.dir,
                     &env,
+                    &ctl.marker,
                     limit(d.teardown_timeout),
                     &tokens,
                     log,
@@ -513,6 +518,7 @@ impl DirectBackend {
             {
                 Ok(out) => {
                     ws.pgids.push(out.pgid);
+                    ws.stopped |= out.stopped.is_some();
                     let status = sys::describe(&out.status);
                     if out.stopped == Some(Stopped::Timeout) {
                         tracing::warn!(run_id, %status, timeout = %humantime::format_duration(d.teardown_timeout), "teardown command timed out; the task result is unchanged");
@@ -531,7 +537,16 @@ impl DirectBackend {
         } else {
             d.grace_period
         };
-        let killed = sys::terminate(None, &ws.pgids, &ctl.marker, grace, &ctl.tokens.kill).await;
+        // A task that ended by itself left its leftovers, if any, in its
+        // groups or as our children (subreaper); after a stop or a timeout
+        // every process on the host is searched.
+        let scan = if ws.stopped || ctl.tokens.stop.is_cancelled() || forced {
+            Scan::All
+        } else {
+            Scan::Children
+        };
+        let killed =
+            sys::terminate(None, &ws.pgids, &ctl.marker, scan, grace, &ctl.tokens.kill).await;
         if killed > 0 {
             tracing::info!(run_id, killed, "killed processes the task left behind");
         }
@@ -569,6 +584,7 @@ impl DirectBackend {
                 private_tmp: Some(private),
                 owned: false,
                 pgids: Vec::new(),
+                stopped: false,
             });
         }
         let dir = d.workspace_root.join(run_id);
@@ -599,6 +615,7 @@ impl DirectBackend {
             private_tmp: None,
             owned: true,
             pgids: Vec::new(),
+            stopped: false,
         })
     }
 }
@@ -614,6 +631,8 @@ struct Workspace {
     owned: bool,
     /// Process groups of the hooks and agent, for the final sweep.
     pgids: Vec<i32>,
+    /// A hook or the agent was stopped (timeout, cancel, shutdown).
+    stopped: bool,
 }
 
 fn create_env_file(dir: &Path) -> io::Result<PathBuf> {

@@ -5,7 +5,7 @@
 //! on the host; [`sys`] contains process groups and tree kills; [`args`],
 //! [`env`] and [`dotenv`] build what each process receives; [`capture`]
 //! reads and redacts task output into the [`spool`], the durable state that
-//! also journals results.
+//! also journals results ([`journal`]).
 #![forbid(unsafe_code)]
 
 pub mod args;
@@ -16,6 +16,7 @@ pub mod connection;
 pub mod direct;
 pub mod dotenv;
 pub mod env;
+pub mod journal;
 pub mod spool;
 pub mod sys;
 pub mod task;

@@ -13,6 +13,11 @@ fn main() -> ExitCode {
     init_logging(&cli);
     // One crypto provider for every TLS connection (ring, never aws-lc).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // What a task leaves running is re-parented to us, so it is found among
+    // our children instead of by reading all of /proc after every task.
+    if let Err(e) = oz_worker::sys::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper; every task's leftovers are searched for in all of /proc");
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

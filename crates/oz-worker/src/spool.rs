@@ -4,9 +4,10 @@
 //!   line, appended as it is read and before anything is sent. Lines leave
 //!   the file once the control plane has acknowledged them (`log_ack`); the
 //!   file is deleted when the whole log is acknowledged.
-//! - `results/<task_id>.json`: the terminal frame of a finished task,
-//!   journaled before it is queued and deleted once written to the socket,
-//!   so that a restarted worker still delivers it.
+//! - `results/journal.jsonl`: the terminal frames of finished tasks,
+//!   journaled before they are queued and marked done once written to the
+//!   socket, so that a restarted worker still delivers them
+//!   ([`crate::journal`]).
 //! - `lock`: an exclusive `flock`, so two workers never share a state dir.
 //!
 //! The connection takes its log frames from here, in the order the `logs`
@@ -14,13 +15,18 @@
 //! task's terminal frame. On a connection without `logs` the terminal frame
 //! goes out at once and the task's lines are discarded.
 //!
-//! Bound: when the unacknowledged part of a task's spool file grows past
-//! `log_spool_limit`, its oldest lines that never went out are replaced by
-//! one gap marker carrying the number of bytes dropped, and the file is
-//! compacted to half the limit. Lines already written to some connection
-//! and not yet acknowledged are kept: the server may have stored them, and
-//! a marker with their seq would be dropped as a duplicate. That window is
-//! at most a quarter of the limit (plus one batch).
+//! Bound: when the unacknowledged part of a task's spool file reaches
+//! `log_spool_limit` while a control plane that acknowledges lines is
+//! connected, the task's output is no longer read until acks free room
+//! ([`Spool::room`]): the task blocks on its next write and no line is lost.
+//! The file can pass the limit by what was read last (one read per pipe).
+//! Without such a connection, it grows past the limit, its oldest lines
+//! that never went out are replaced by one gap marker carrying the number
+//! of bytes dropped, and the file is compacted to half the limit. Lines
+//! already written to some connection and not yet acknowledged are kept:
+//! the server may have stored them, and a marker with their seq would be
+//! dropped as a duplicate. That window is at most a quarter of the limit
+//! (plus one batch).
 //!
 //! Memory: nothing but offsets is kept per task; batches are read from the
 //! file when they are sent.
@@ -30,14 +36,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use oz_protocol::WorkerMessage;
 use oz_protocol::logs::{LogEnd, LogLine, LogLines, LogPhase, LogStream};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+
+use crate::journal::{Pending, ResultJournal};
 
 /// Most line data (spool bytes) in one `log_lines` frame.
 pub const BATCH_BYTES: u64 = 256 * 1024;
@@ -103,17 +111,6 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), StateDirError> {
         .join(format!(".oz-probe-{}", std::process::id()));
     File::create(&probe).map_err(unusable)?;
     fs::remove_file(&probe).map_err(unusable)
-}
-
-/// What `results/<task_id>.json` holds.
-#[derive(Debug, Serialize, Deserialize)]
-struct Journal {
-    task_id: String,
-    /// The task's last log seq (0: it wrote nothing).
-    last_seq: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    execution_id: Option<String>,
-    frame: WorkerMessage,
 }
 
 /// Output lost to a failed spool write, reported by the next gap marker.
@@ -255,12 +252,17 @@ impl Inner {
 #[derive(Debug)]
 pub struct Spool {
     spool_dir: PathBuf,
-    results_dir: PathBuf,
     limit: u64,
     batch: u64,
     window: u64,
     inner: Mutex<Inner>,
+    /// Taken after `inner`, never before.
+    journal: Mutex<ResultJournal>,
     notify: Notify,
+    /// The connected control plane takes logs and acknowledges them.
+    acking: AtomicBool,
+    /// Wakes tasks waiting for [`Spool::room`] (an ack, a disconnect).
+    room: Notify,
     _lock: Flock<File>,
 }
 
@@ -293,17 +295,21 @@ impl Spool {
             }
             Err((_, e)) => return Err(unusable(io::Error::from(e))),
         };
+        let (journal, results) =
+            ResultJournal::open(&state_dir.join(RESULTS_DIR)).map_err(unusable)?;
         let spool = Spool {
             spool_dir: state_dir.join(SPOOL_DIR),
-            results_dir: state_dir.join(RESULTS_DIR),
             limit,
             batch: BATCH_BYTES.min(limit / 8).max(1),
             window: IN_FLIGHT_BYTES.min(limit / 4).max(1),
             inner: Mutex::new(Inner::default()),
+            journal: Mutex::new(journal),
             notify: Notify::new(),
+            acking: AtomicBool::new(false),
+            room: Notify::new(),
             _lock: lock,
         };
-        spool.load().map_err(unusable)?;
+        spool.load(results).map_err(unusable)?;
         Ok(spool)
     }
 
@@ -311,8 +317,8 @@ impl Spool {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn journal_path(&self, task_id: &str) -> PathBuf {
-        self.results_dir.join(format!("{task_id}.json"))
+    fn journal(&self) -> MutexGuard<'_, ResultJournal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Completes when something may have become sendable (new lines, a
@@ -329,7 +335,7 @@ impl Spool {
         (logs, results)
     }
 
-    fn load(&self) -> io::Result<()> {
+    fn load(&self, results: Vec<Pending>) -> io::Result<()> {
         let mut inner = self.lock();
         for dirent in fs::read_dir(&self.spool_dir)? {
             let path = dirent?.path();
@@ -359,38 +365,7 @@ impl Spool {
                 }
             }
         }
-        for dirent in fs::read_dir(&self.results_dir)? {
-            let path = dirent?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            if name.ends_with(".tmp") {
-                remove_quietly(&path);
-                continue;
-            }
-            if !name.ends_with(".json") {
-                continue;
-            }
-            let journal = fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Journal>(&b).map_err(|e| e.to_string()));
-            let j = match journal {
-                Ok(j)
-                    if oz_protocol::is_safe_path_component(&j.task_id)
-                        && j.frame.is_terminal()
-                        && j.frame.task_id() == j.task_id =>
-                {
-                    j
-                }
-                Ok(_) => {
-                    tracing::warn!(path = %path.display(), "ignoring a result journal that does not hold a terminal frame");
-                    continue;
-                }
-                Err(err) => {
-                    tracing::warn!(path = %path.display(), error = %err, "ignoring an unreadable result journal");
-                    continue;
-                }
-            };
+        for j in results {
             let e = inner.entry(&j.task_id, &self.spool_dir);
             e.last_seq = e.last_seq.max(j.last_seq);
             e.execution_id = j.execution_id;
@@ -405,7 +380,6 @@ impl Spool {
     /// numbering continues after them.
     pub fn begin(&self, task_id: &str, execution_id: Option<String>) {
         let mut inner = self.lock();
-        let journal = self.journal_path(task_id);
         let e = inner.entry(task_id, &self.spool_dir);
         if e.finished {
             if e.result.take().is_some() {
@@ -413,7 +387,7 @@ impl Spool {
                     run_id = task_id,
                     "the task was assigned again before the result of its earlier execution was delivered; that result is dropped"
                 );
-                remove_quietly(&journal);
+                self.journal().done(task_id);
             }
             e.finished = false;
             e.end_sent = false;
@@ -478,9 +452,10 @@ impl Spool {
                 }
             }
         }
-        // Over the bound: drop the oldest unsent lines. A large acknowledged
-        // prefix: rewrite the file without it.
-        let compaction = if e.len - e.base > self.limit {
+        // Over the bound with nobody acknowledging: drop the oldest unsent
+        // lines (with acks coming, the reader waits in `room` instead). A
+        // large acknowledged prefix: rewrite the file without it.
+        let compaction = if e.len - e.base > self.limit && !self.acking.load(Ordering::SeqCst) {
             Some(Some(self.limit / 2))
         } else if e.base > 0 && e.base >= self.limit / 2 {
             Some(None)
@@ -499,35 +474,41 @@ impl Spool {
     /// The task ended: journal its terminal frame (before anyone can send
     /// it) and hold it until its log was sent.
     pub fn finish(&self, task_id: &str, execution_id: Option<String>, frame: WorkerMessage) {
-        let mut inner = self.lock();
-        let journal_path = self.journal_path(task_id);
-        let e = inner.entry(task_id, &self.spool_dir);
-        if let Some(lost) = e.lost {
-            let mut buf = Vec::new();
-            push_json(
-                &mut buf,
-                &LogLine::gap(e.last_seq + 1, now(), lost.stream, lost.phase, lost.bytes),
-            );
-            if e.write(&buf).is_ok() {
-                e.last_seq += 1;
-                e.lost = None;
+        let pending = {
+            let mut inner = self.lock();
+            let e = inner.entry(task_id, &self.spool_dir);
+            if let Some(lost) = e.lost {
+                let mut buf = Vec::new();
+                push_json(
+                    &mut buf,
+                    &LogLine::gap(e.last_seq + 1, now(), lost.stream, lost.phase, lost.bytes),
+                );
+                if e.write(&buf).is_ok() {
+                    e.last_seq += 1;
+                    e.lost = None;
+                }
             }
+            e.writer = None;
+            if execution_id.is_some() {
+                e.execution_id = execution_id;
+            }
+            Pending {
+                task_id: task_id.to_owned(),
+                last_seq: e.last_seq,
+                execution_id: e.execution_id.clone(),
+                frame: frame.clone(),
+            }
+        };
+        // Synced outside `inner`, so output of other tasks is not held up.
+        // The task's readers are done and it is not finished yet, so
+        // nothing about it changes meanwhile.
+        if let Err(err) = self.journal().put(&pending) {
+            tracing::error!(run_id = task_id, error = %err, "cannot journal the task's result; it is kept in memory only");
         }
-        e.writer = None;
+        let mut inner = self.lock();
+        let e = inner.entry(task_id, &self.spool_dir);
         e.finished = true;
         e.end_sent = false;
-        if execution_id.is_some() {
-            e.execution_id = execution_id;
-        }
-        let journal = Journal {
-            task_id: task_id.to_owned(),
-            last_seq: e.last_seq,
-            execution_id: e.execution_id.clone(),
-            frame: frame.clone(),
-        };
-        if let Err(err) = write_atomically(&journal_path, &journal) {
-            tracing::error!(run_id = task_id, error = %err, path = %journal_path.display(), "cannot journal the task's result; it is kept in memory only");
-        }
         e.result = Some(frame);
         drop(inner);
         self.notify.notify_one();
@@ -564,6 +545,41 @@ impl Spool {
         }
         drop(inner);
         self.notify.notify_one();
+        self.room.notify_waiters();
+    }
+
+    /// Whether the connected control plane takes logs and acknowledges
+    /// them: set by the connection when it learns so, cleared when the
+    /// connection ends.
+    pub fn set_acking(&self, on: bool) {
+        if self.acking.swap(on, Ordering::SeqCst) != on && !on {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Wait until `task_id` has room below the bound, or until nobody is
+    /// acknowledging (then the bound drops the oldest lines instead).
+    /// Back-pressure: the task's readers wait here, so the task blocks on
+    /// its writes while the control plane catches up.
+    pub async fn room(&self, task_id: &str) {
+        loop {
+            let wake = self.room.notified();
+            tokio::pin!(wake);
+            // Registered before the check, so an ack in between is not missed.
+            wake.as_mut().enable();
+            if !self.acking.load(Ordering::SeqCst) || !self.full(task_id) {
+                return;
+            }
+            wake.await;
+        }
+    }
+
+    /// The task's unacknowledged output has reached the bound.
+    fn full(&self, task_id: &str) -> bool {
+        self.lock()
+            .tasks
+            .get(task_id)
+            .is_some_and(|e| e.len - e.base >= self.limit)
     }
 
     /// A new connection: everything not acknowledged goes out again.
@@ -646,7 +662,7 @@ impl Spool {
     /// The terminal frame of `task_id` was written to the socket.
     pub fn written(&self, task_id: &str, logs: bool) {
         let mut inner = self.lock();
-        remove_quietly(&self.journal_path(task_id));
+        self.journal().done(task_id);
         let Some(e) = inner.tasks.get_mut(task_id) else {
             return;
         };
@@ -853,26 +869,6 @@ fn push_json(buf: &mut Vec<u8>, line: &LogLine) {
     }
 }
 
-fn write_atomically(path: &Path, value: &impl Serialize) -> io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_data()?;
-        fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        remove_quietly(&tmp);
-    }
-    written
-}
-
 fn remove_quietly(path: &Path) {
     if let Err(e) = fs::remove_file(path)
         && e.kind() != io::ErrorKind::NotFound
@@ -959,12 +955,12 @@ mod tests {
         let f = drain(&s, true, false);
         assert_eq!(f.len(), 1);
         s.finish("t1", Some("e1".into()), completed("t1"));
-        assert_eq!(files(&dir.path().join(RESULTS_DIR)), ["t1.json"]);
+        assert_eq!(s.journal().pending(), 1);
         let f = drain(&s, true, false);
         assert!(matches!(&f[0], WorkerMessage::LogEnd(e) if e.last_seq == 3));
         assert!(f[1].is_terminal());
         assert_eq!(f.len(), 2);
-        assert!(files(&dir.path().join(RESULTS_DIR)).is_empty());
+        assert_eq!(s.journal().pending(), 0);
         // Lines wait for their ack; then the spool file goes.
         assert_eq!(files(&dir.path().join(SPOOL_DIR)), ["t1.jsonl"]);
         assert!(s.awaiting_acks());
@@ -1049,6 +1045,48 @@ mod tests {
         assert!(matches!(&f[f.len() - 2], WorkerMessage::LogEnd(e) if e.last_seq == total_lines));
     }
 
+    #[tokio::test]
+    async fn while_acks_come_a_full_spool_waits_for_room_instead_of_dropping() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), MIB).unwrap();
+        s.set_acking(true);
+        s.begin("t", None);
+        assert!(s.room("t").now_or_never().is_some(), "room while empty");
+        for _ in 0..1500 {
+            append(&s, "t", &[line(999, b'a')]);
+        }
+        let size = fs::metadata(dir.path().join(SPOOL_DIR).join("t.jsonl"))
+            .unwrap()
+            .len();
+        assert!(size > MIB, "nothing was dropped: {size}");
+        assert!(
+            s.room("t").now_or_never().is_none(),
+            "full: the reader waits"
+        );
+        // Acks free room; every line is there, no gap marker.
+        let lines = lines_of(&drain(&s, true, true));
+        assert_eq!(lines.len(), 1500);
+        assert!(lines.iter().all(|l| l.gap_bytes.is_none()));
+        assert!(s.room("t").now_or_never().is_some());
+
+        // Full again, then the connection goes: the waiter is released and
+        // the bound drops lines as before.
+        for _ in 0..1500 {
+            append(&s, "t", &[line(999, b'b')]);
+        }
+        let waiter = s.room("t");
+        tokio::pin!(waiter);
+        assert!(waiter.as_mut().now_or_never().is_none());
+        s.set_acking(false);
+        assert!(waiter.now_or_never().is_some());
+        append(&s, "t", &[line(999, b'c')]);
+        let size = fs::metadata(dir.path().join(SPOOL_DIR).join("t.jsonl"))
+            .unwrap()
+            .len();
+        assert!(size <= MIB, "the bound applies again: {size}");
+    }
+
     #[test]
     fn the_bound_keeps_lines_that_went_out_unacknowledged() {
         let dir = tempfile::tempdir().unwrap();
@@ -1111,7 +1149,7 @@ mod tests {
         assert_eq!(u.len(), 2);
         assert!(matches!(u[1], WorkerMessage::LogEnd(e) if e.last_seq == 1));
         assert!(files(&dir.path().join(SPOOL_DIR)).is_empty());
-        assert!(files(&dir.path().join(RESULTS_DIR)).is_empty());
+        assert_eq!(s.journal().pending(), 0);
     }
 
     #[test]
@@ -1128,7 +1166,7 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert!(f[0].is_terminal());
         assert_eq!(files(&dir.path().join(SPOOL_DIR)), ["running.jsonl"]);
-        assert!(files(&dir.path().join(RESULTS_DIR)).is_empty());
+        assert_eq!(s.journal().pending(), 0);
     }
 
     #[test]

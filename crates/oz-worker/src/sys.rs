@@ -1,17 +1,33 @@
 //! Process containment: every hook and agent runs in its own process group,
 //! and carries a per-task marker in its environment so that descendants that
-//! left the group (`setsid`, `setpgid`) can still be found in `/proc`.
+//! left the group (`setsid`, `setpgid`) can still be found.
 //!
 //! Stopping a tree means SIGTERM to the group and to every marked process,
 //! a grace period, then SIGKILL until nothing is left.
+//!
+//! Finding what is left: [`Scan::All`] reads `/proc/<pid>/stat` (and, for
+//! processes not older than the task, `environ`) of every process on the
+//! machine. [`Scan::Children`] is the cheap way for a task that ended by
+//! itself, and needs [`become_subreaper`]: whatever a task leaves running is
+//! then re-parented to the worker, so the roots of its leftovers are all
+//! among the worker's own children.
+//!
+//! Reaping: as a subreaper the worker also inherits zombies. Children spawned
+//! here are registered until their exit status was collected; any other
+//! child is an orphan of some task and is reaped with `waitpid(pid)` on that
+//! pid (never `waitpid(-1)`, which would steal tokio's statuses).
 
+use std::collections::BTreeSet;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
@@ -25,6 +41,37 @@ const POLL: Duration = Duration::from_millis(50);
 /// (processes in uninterruptible sleep can take a moment to die).
 const KILL_ROUNDS_LIMIT: Duration = Duration::from_secs(5);
 
+/// Set once this process is a child subreaper and can list its children.
+static SUBREAPER: AtomicBool = AtomicBool::new(false);
+/// Pids of the children spawned here whose exit status tokio has not yet
+/// collected. Spawns and reaps of orphans both hold this lock, so a child
+/// of ours that is not in the set is an orphan.
+static SPAWNED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+fn spawned() -> MutexGuard<'static, BTreeSet<i32>> {
+    SPAWNED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Make this process a child subreaper (`PR_SET_CHILD_SUBREAPER`), so that
+/// what a task leaves running is re-parented here rather than to init, and
+/// can be found and reaped cheaply. Only for a process that starts children
+/// through this module alone (the `oz-agent-worker` binary): every other
+/// child that exits is reaped here. Without it, every search reads all of
+/// `/proc`.
+pub fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)?;
+    // The children lists need CONFIG_PROC_CHILDREN; without them stay with
+    // full scans (orphans are then only reaped, never searched for here).
+    let me = std::process::id();
+    std::fs::read(format!("/proc/{me}/task/{me}/children"))?;
+    SUBREAPER.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+fn subreaper() -> bool {
+    SUBREAPER.load(Ordering::SeqCst)
+}
+
 /// Why a supervised process was stopped before it exited by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -36,6 +83,19 @@ pub enum Stopped {
     Killed,
 }
 
+/// How [`terminate`] looks for what is left of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Every process on the machine: for cancels, timeouts and the startup
+    /// sweep (processes of an earlier worker are not our children).
+    All,
+    /// The task's process groups and the worker's own children (the roots
+    /// of everything a task left behind, as a subreaper): for a task that
+    /// ended by itself. Falls back to [`Scan::All`] when the worker is not a
+    /// subreaper.
+    Children,
+}
+
 /// The signals that can stop a task's processes.
 #[derive(Debug, Clone, Default)]
 pub struct StopTokens {
@@ -43,6 +103,48 @@ pub struct StopTokens {
     pub stop: CancellationToken,
     /// Immediate stop: SIGKILL at once.
     pub kill: CancellationToken,
+}
+
+/// How the processes of one task are recognised outside its process
+/// groups: `OZ_RUN_MARKER=<value>` in their environment. A process that
+/// started before the task's first process cannot be the task's, so its
+/// environment is not read.
+#[derive(Debug, Default)]
+pub struct Marker {
+    value: String,
+    /// Start time (clock ticks since boot) of the task's first process.
+    since: OnceLock<u64>,
+}
+
+impl Marker {
+    pub fn new(value: impl Into<String>) -> Self {
+        Marker {
+            value: value.into(),
+            since: OnceLock::new(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.value
+    }
+
+    /// Note a process started for the task (the first one sets `since`).
+    fn spawned(&self, pid: i32) {
+        if self.since.get().is_none()
+            && let Some(t) = process_start_time(pid)
+        {
+            let _ = self.since.set(t);
+        }
+    }
+
+    /// Could a process that started at `start` belong to the task?
+    fn may_own(&self, start: u64) -> bool {
+        self.since.get().is_none_or(|since| start >= *since)
+    }
+
+    fn needle(&self) -> Option<Vec<u8>> {
+        (!self.value.is_empty()).then(|| format!("{MARKER_VAR}={}", self.value).into_bytes())
+    }
 }
 
 /// How a supervised process ended.
@@ -60,24 +162,54 @@ pub fn prepare(cmd: &mut Command) {
     cmd.process_group(0).kill_on_drop(true);
 }
 
+/// A spawned child's pid, registered until this is dropped: drop it only
+/// after its exit status was collected (or its `Child` was dropped).
+struct Registered(i32);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        spawned().remove(&self.0);
+    }
+}
+
+/// A child and its registration; fields drop in order, the child first.
+struct Spawned {
+    child: Child,
+    registered: Registered,
+}
+
+/// Spawn and register the child before any orphan reaping can see it.
+fn spawn_registered(cmd: &mut Command) -> io::Result<Spawned> {
+    let mut set = spawned();
+    let child = cmd.spawn()?;
+    let pid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .ok_or_else(|| io::Error::other("spawned process has no pid"))?;
+    set.insert(pid);
+    Ok(Spawned {
+        child,
+        registered: Registered(pid),
+    })
+}
+
 /// Spawn `cmd` in its own process group and wait for it, stopping the whole
 /// tree when `timeout` expires or a stop token fires. `on_spawn` gets the
 /// child right after the spawn (to take its output pipes).
 pub async fn run_supervised(
     mut cmd: Command,
-    marker: &str,
+    marker: &Marker,
     timeout: Option<Duration>,
     tokens: &StopTokens,
     grace: Duration,
     on_spawn: impl FnOnce(&mut Child),
 ) -> io::Result<RunOutcome> {
     prepare(&mut cmd);
-    let mut child = cmd.spawn()?;
-    on_spawn(&mut child);
-    let pgid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .ok_or_else(|| io::Error::other("spawned process has no pid"))?;
+    let mut spawned = spawn_registered(&mut cmd)?;
+    let pgid = spawned.registered.0;
+    let child = &mut spawned.child;
+    marker.spawned(pgid);
+    on_spawn(&mut *child);
     let deadline = async {
         match timeout {
             Some(t) => sleep(t).await,
@@ -95,7 +227,15 @@ pub async fn run_supervised(
     } else {
         grace
     };
-    terminate(Some(&mut child), &[pgid], marker, grace, &tokens.kill).await;
+    terminate(
+        Some(&mut *child),
+        &[pgid],
+        marker,
+        Scan::All,
+        grace,
+        &tokens.kill,
+    )
+    .await;
     let status = child.wait().await?;
     Ok(RunOutcome {
         status,
@@ -104,16 +244,73 @@ pub async fn run_supervised(
     })
 }
 
+/// What a search found still running.
+#[derive(Debug, Default)]
+struct Left {
+    /// Processes to signal one by one.
+    procs: Vec<i32>,
+    /// Process groups that still have members ([`Scan::Children`] only;
+    /// [`Scan::All`] lists the members in `procs`).
+    groups: usize,
+}
+
+impl Left {
+    fn is_empty(&self) -> bool {
+        self.procs.is_empty() && self.groups == 0
+    }
+
+    fn count(&self) -> usize {
+        self.procs.len() + self.groups
+    }
+}
+
+fn search(pgids: &[i32], marker: &Marker, scan: Scan) -> Left {
+    match scan {
+        Scan::All => {
+            if subreaper() {
+                let _ = orphans();
+            }
+            Left {
+                procs: live_processes(pgids, marker),
+                groups: 0,
+            }
+        }
+        Scan::Children => {
+            let needle = marker.needle();
+            let procs = orphans()
+                .into_iter()
+                .filter(|(pid, st)| {
+                    pgids.contains(&st.pgrp)
+                        || (marker.may_own(st.start)
+                            && needle.as_deref().is_some_and(|n| environ_has(*pid, n)))
+                })
+                .map(|(pid, _)| pid)
+                .collect();
+            // Members of a group whose parent is still alive are no
+            // children of ours; the group itself says whether any are left.
+            let groups = pgids
+                .iter()
+                .filter(|&&pg| killpg(Pid::from_raw(pg), None).is_ok())
+                .count();
+            Left { procs, groups }
+        }
+    }
+}
+
 /// Stop every process of a task: the given groups and everything carrying
 /// the marker. SIGTERM first, then SIGKILL after `grace` (or as soon as
-/// `kill` fires). Returns how many processes had to be SIGKILLed.
+/// `kill` fires). Returns how many processes (with [`Scan::Children`]:
+/// processes and groups) had to be SIGKILLed. When nothing is left it
+/// returns after one search, without signalling anything.
 pub async fn terminate(
     mut child: Option<&mut Child>,
     pgids: &[i32],
-    marker: &str,
+    marker: &Marker,
+    scan: Scan,
     grace: Duration,
     kill_now: &CancellationToken,
 ) -> usize {
+    let scan = if subreaper() { scan } else { Scan::All };
     let mut leader_done = false;
     let alive = |child: &mut Option<&mut Child>, leader_done: &mut bool| {
         if let Some(c) = child.as_deref_mut()
@@ -123,25 +320,28 @@ pub async fn terminate(
             // never lingers as a zombie member of its group.
             *leader_done = matches!(c.try_wait(), Ok(Some(_)) | Err(_));
         }
-        let rest = live_processes(pgids, marker);
+        let rest = search(pgids, marker, scan);
         (child.is_none() || *leader_done, rest)
     };
 
-    let (_, procs) = alive(&mut child, &mut leader_done);
+    let (leader_gone, left) = alive(&mut child, &mut leader_done);
+    if leader_gone && left.is_empty() {
+        return 0;
+    }
     if !grace.is_zero() {
-        signal_tree(pgids, &procs, Signal::SIGTERM);
+        signal_tree(pgids, &left.procs, Signal::SIGTERM);
         let until = Instant::now() + grace;
         loop {
-            let (leader_gone, procs) = alive(&mut child, &mut leader_done);
-            if leader_gone && procs.is_empty() {
+            tokio::select! {
+                _ = sleep(POLL) => {}
+                _ = kill_now.cancelled() => {}
+            }
+            let (leader_gone, left) = alive(&mut child, &mut leader_done);
+            if leader_gone && left.is_empty() {
                 return 0;
             }
             if Instant::now() >= until || kill_now.is_cancelled() {
                 break;
-            }
-            tokio::select! {
-                _ = sleep(POLL) => {}
-                _ = kill_now.cancelled() => {}
             }
         }
     }
@@ -149,12 +349,12 @@ pub async fn terminate(
     let mut killed = 0usize;
     let until = Instant::now() + KILL_ROUNDS_LIMIT;
     loop {
-        let (leader_gone, procs) = alive(&mut child, &mut leader_done);
-        if leader_gone && procs.is_empty() {
+        let (leader_gone, left) = alive(&mut child, &mut leader_done);
+        if leader_gone && left.is_empty() {
             break;
         }
-        killed = killed.max(procs.len());
-        signal_tree(pgids, &procs, Signal::SIGKILL);
+        killed = killed.max(left.count());
+        signal_tree(pgids, &left.procs, Signal::SIGKILL);
         if let Some(c) = child.as_deref_mut()
             && !leader_done
         {
@@ -162,12 +362,16 @@ pub async fn terminate(
         }
         if Instant::now() >= until {
             tracing::warn!(
-                remaining = procs.len(),
+                remaining = left.count(),
                 "processes survived SIGKILL; giving up on them"
             );
             break;
         }
         sleep(Duration::from_millis(20)).await;
+    }
+    if subreaper() {
+        // The last ones killed may have become zombies since the search.
+        let _ = orphans();
     }
     killed
 }
@@ -187,12 +391,55 @@ fn signal_tree(pgids: &[i32], procs: &[i32], sig: Signal) {
     }
 }
 
-/// Live (non-zombie) processes that belong to one of `pgids` or carry
-/// `OZ_RUN_MARKER=<marker>` in their environment. The worker itself is
-/// never included.
-pub fn live_processes(pgids: &[i32], marker: &str) -> Vec<i32> {
+/// The live children of this process that it did not spawn itself (as a
+/// subreaper: the orphans of tasks), with their stat. Zombies among them are
+/// reaped on the way.
+///
+/// A children list can miss an entry when another child of the same thread
+/// is reaped while it is read. Orphans all go to the main thread (the
+/// kernel picks the first live thread of the subreaper), whose only
+/// children are orphans, and those are reaped only here, under the lock.
+fn orphans() -> Vec<(i32, Stat)> {
     let me = std::process::id() as i32;
-    let needle = format!("{MARKER_VAR}={marker}");
+    let set = spawned();
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if set.contains(&pid) {
+                continue;
+            }
+            // The pid may have been reaped and reused since the list was
+            // read: only a child of ours counts.
+            let Some(st) = read_stat(pid).filter(|st| st.ppid == me) else {
+                continue;
+            };
+            if st.dead() {
+                match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(status) => tracing::debug!(pid, ?status, "reaped an orphan of a task"),
+                    Err(e) => tracing::debug!(pid, error = %e, "cannot reap an orphan"),
+                }
+                continue;
+            }
+            found.push((pid, st));
+        }
+    }
+    found
+}
+
+/// Live (non-zombie) processes that belong to one of `pgids` or carry the
+/// marker in their environment. The worker itself is never included.
+pub fn live_processes(pgids: &[i32], marker: &Marker) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let needle = marker.needle();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -208,30 +455,57 @@ pub fn live_processes(pgids: &[i32], marker: &str) -> Vec<i32> {
         if pid == me {
             continue;
         }
-        let Some((state, pgrp)) = read_stat(pid) else {
+        let Some(st) = read_stat(pid) else {
             continue;
         };
-        if state == 'Z' || state == 'X' {
+        if st.dead() {
             continue;
         }
-        if pgids.contains(&pgrp) || (!marker.is_empty() && environ_has(pid, needle.as_bytes())) {
+        if pgids.contains(&st.pgrp)
+            || (marker.may_own(st.start) && needle.as_deref().is_some_and(|n| environ_has(pid, n)))
+        {
             found.push(pid);
         }
     }
     found
 }
 
-/// State letter and process group from `/proc/<pid>/stat`.
-fn read_stat(pid: i32) -> Option<(char, i32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The fields of `/proc/<pid>/stat` used here.
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    state: char,
+    ppid: i32,
+    pgrp: i32,
+    /// Start time in clock ticks since boot (field 22).
+    start: u64,
+}
+
+impl Stat {
+    fn dead(&self) -> bool {
+        self.state == 'Z' || self.state == 'X'
+    }
+}
+
+fn read_stat(pid: i32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(text: &str) -> Option<Stat> {
     // The command name is in parentheses and may itself contain spaces or
-    // parentheses, so parse from the last ')'.
+    // parentheses, so parse from the last ')'. Fields after it start at
+    // field 3 (state).
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
+    let start = fields.nth(22 - 6)?.parse().ok()?;
+    Some(Stat {
+        state,
+        ppid,
+        pgrp,
+        start,
+    })
 }
 
 fn environ_has(pid: i32, needle: &[u8]) -> bool {
@@ -242,16 +516,13 @@ fn environ_has(pid: i32, needle: &[u8]) -> bool {
 
 /// Is a process with this pid alive (not a zombie)?
 pub fn pid_alive(pid: i32) -> bool {
-    matches!(read_stat(pid), Some((s, _)) if s != 'Z' && s != 'X')
+    read_stat(pid).is_some_and(|st| !st.dead())
 }
 
 /// Start time of a process in clock ticks since boot (field 22 of stat):
 /// with the pid it identifies a process instance even across pid reuse.
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    // Fields after ')' start at field 3 (state); starttime is field 22.
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    read_stat(pid).map(|st| st.start)
 }
 
 /// The exit code as the official worker reports it: the status of a normal
@@ -304,6 +575,20 @@ mod tests {
     }
 
     #[test]
+    fn stat_fields_are_read_after_the_command_name() {
+        let text =
+            "4242 (a) (b c) S 17 4240 17 0 -1 4194560 96 0 0 0 0 0 0 0 20 0 1 0 987654 5 6 7";
+        let st = parse_stat(text).unwrap();
+        assert_eq!(
+            (st.state, st.ppid, st.pgrp, st.start),
+            ('S', 17, 4240, 987654)
+        );
+        assert!(!st.dead());
+        assert!(parse_stat("4242 (x) Z 1 2").is_none());
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
     fn own_process_is_alive_and_has_a_start_time() {
         let me = std::process::id() as i32;
         assert!(pid_alive(me));
@@ -312,7 +597,7 @@ mod tests {
 
     #[tokio::test]
     async fn timeout_kills_the_whole_group_including_setsid_escapees() {
-        let marker = format!("test-{}", std::process::id());
+        let marker = Marker::new(format!("test-{}", std::process::id()));
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("pids");
         // A shell that starts a plain background child and one that escapes
@@ -322,7 +607,7 @@ mod tests {
             p = pidfile.display()
         );
         let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg(script).env(MARKER_VAR, &marker);
+        cmd.arg("-c").arg(script).env(MARKER_VAR, marker.as_str());
         let tokens = StopTokens::default();
         let out = run_supervised(
             cmd,
@@ -347,6 +632,76 @@ mod tests {
         assert!(live_processes(&[out.pgid], &marker).is_empty());
     }
 
+    #[test]
+    fn a_marker_only_owns_processes_not_older_than_the_task() {
+        let m = Marker::new("m");
+        assert!(m.may_own(0), "no process yet: anything may be the task's");
+        let me = std::process::id() as i32;
+        m.spawned(me);
+        let since = process_start_time(me).unwrap();
+        assert!(m.may_own(since) && m.may_own(since + 1));
+        assert!(!m.may_own(since.saturating_sub(1)) || since == 0);
+        assert_eq!(m.needle().unwrap(), b"OZ_RUN_MARKER=m");
+        assert!(Marker::new("").needle().is_none());
+    }
+
+    /// As a subreaper, a daemon left by a task that ended by itself is
+    /// found among our children, killed and reaped (no zombie is left).
+    /// nextest runs each test in its own process, so the subreaper
+    /// attribute stays with this test.
+    #[tokio::test]
+    async fn children_scan_kills_and_reaps_a_daemonised_grandchild() {
+        become_subreaper().unwrap();
+        let marker = Marker::new(format!("test-daemon-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // Double fork into a new session: the intermediate shell exits, so
+        // the sleep is re-parented to us.
+        let script = format!(
+            "(setsid sleep 303 & echo $! > {p}) ; exit 0",
+            p = pidfile.display()
+        );
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script).env(MARKER_VAR, marker.as_str());
+        let tokens = StopTokens::default();
+        let out = run_supervised(cmd, &marker, None, &tokens, Duration::from_secs(2), |_| {})
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(pid_alive(pid));
+        let killed = terminate(
+            None,
+            &[out.pgid],
+            &marker,
+            Scan::Children,
+            Duration::from_secs(2),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(killed, 0, "sleep dies of SIGTERM within the grace period");
+        assert!(!pid_alive(pid), "the daemon survived");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "the daemon was not reaped"
+        );
+        // Nothing left: one search, nothing signalled.
+        let again = terminate(
+            None,
+            &[out.pgid],
+            &marker,
+            Scan::Children,
+            Duration::from_secs(2),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(again, 0);
+    }
+
     #[tokio::test]
     async fn sigterm_is_sent_before_sigkill() {
         let dir = tempfile::tempdir().unwrap();
@@ -365,7 +720,7 @@ mod tests {
         });
         let out = run_supervised(
             cmd,
-            "unused-marker-x",
+            &Marker::new("unused-marker-x"),
             None,
             &tokens,
             Duration::from_secs(5),

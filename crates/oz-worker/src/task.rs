@@ -7,7 +7,7 @@ use oz_protocol::{
     TaskFailed, WorkerMessage,
 };
 
-use crate::sys::StopTokens;
+use crate::sys::{Marker, StopTokens};
 
 /// Why a task was asked to stop. The first reason recorded wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,8 +22,8 @@ pub enum StopReason {
 #[derive(Debug, Clone)]
 pub struct TaskControl {
     pub tokens: StopTokens,
-    /// Value of `OZ_RUN_MARKER` in every process of this task.
-    pub marker: String,
+    /// `OZ_RUN_MARKER` of every process of this task.
+    pub marker: Arc<Marker>,
     reason: Arc<Mutex<Option<StopReason>>>,
 }
 
@@ -31,7 +31,7 @@ impl TaskControl {
     pub fn new(marker: String) -> Self {
         TaskControl {
             tokens: StopTokens::default(),
-            marker,
+            marker: Arc::new(Marker::new(marker)),
             reason: Arc::default(),
         }
     }

@@ -312,6 +312,66 @@ async fn cancel_sends_sigterm_before_sigkill() {
     assert_eq!(w.wait().await.code(), Some(0));
 }
 
+/// Is `pid` a zombie whose parent is `parent` (a child nobody reaped)?
+fn zombie_of(pid: i32, parent: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let mut f = rest.split_whitespace();
+    f.next() == Some("Z") && f.next().and_then(|p| p.parse().ok()) == Some(parent)
+}
+
+/// A task that ends by itself takes what it started with it: a background
+/// child in its group, daemons double-forked into sessions of their own (one
+/// from setup, one from the agent), and an orphan that exited by itself.
+/// None is left running, and none as a zombie of the worker, which inherits
+/// them all as a subreaper.
+#[tokio::test]
+async fn a_task_that_ends_by_itself_leaves_no_process_and_no_zombie() {
+    let sb = Sandbox::new();
+    let pids = sb.path().join("pids");
+    let exited = sb.path().join("exited");
+    let _guard = KillOnPanic(vec![pids.clone()]);
+    let setup = format!(
+        "    setup_command: '(setsid sleep 304 & echo $! >> {p})'\n",
+        p = pids.display()
+    );
+    let mut cp = ControlPlane::start().await;
+    let mut w = WorkerBuilder::new(&sb, &cp)
+        .config(Some(yaml(&sb, "", "2s", &setup)))
+        .spawn();
+    cp.connected().await;
+
+    let script = format!(
+        "sleep 300 & echo $! >> {p}\n\
+         (setsid sleep 301 & echo $! >> {p})\n\
+         (sh -c 'echo $$ >> \"$0\"; touch \"$1\"' {p} {e} &)\n\
+         {wait}\
+         echo done\n",
+        p = pids.display(),
+        e = exited.display(),
+        wait = wait_for(&exited),
+    );
+    cp.assign(assignment_running("run-l", &script));
+    expect_claimed(&mut cp, "run-l").await;
+    expect_completed(&mut cp, "run-l").await;
+    let recorded = read_pids(&pids);
+    assert_eq!(recorded.len(), 4, "pids recorded: {recorded:?}");
+    for pid in &recorded {
+        assert!(!alive(*pid), "pid {pid} outlived its task");
+        assert!(
+            !zombie_of(*pid, w.pid()),
+            "pid {pid} is a zombie of the worker"
+        );
+    }
+
+    w.signal(Signal::SIGTERM);
+    assert_eq!(w.wait().await.code(), Some(0));
+}
+
 // ---------------------------------------------------------------------------
 // 2. Cancellation of a task that is not running here
 // ---------------------------------------------------------------------------

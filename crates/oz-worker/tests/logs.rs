@@ -223,7 +223,7 @@ async fn several_mib_arrive_byte_exact_with_and_without_a_final_newline() {
 
     // Acknowledged and delivered: nothing left in the state dir.
     eventually("the spool is empty", || sb.state_files("spool").is_empty()).await;
-    assert!(sb.state_files("results").is_empty());
+    assert!(sb.pending_results().is_empty());
     // The worker's own log has the phases, never the output.
     let log = sb.log();
     assert!(log.contains("agent started") && log.contains("agent exited"));
@@ -334,7 +334,7 @@ async fn output_written_while_the_control_plane_is_down_arrives_once_in_order() 
     wait_disconnected(&mut cp).await;
     touch(&go);
     eventually("the task finished while the server was down", || {
-        sb.result_journal("run-o").exists()
+        sb.result_journaled("run-o")
     })
     .await;
     assert!(sb.spool_file("run-o").exists());
@@ -360,7 +360,7 @@ async fn output_written_while_the_control_plane_is_down_arrives_once_in_order() 
         expected_counted(30000)
     );
     eventually("the spool is empty", || sb.state_files("spool").is_empty()).await;
-    assert!(sb.state_files("results").is_empty());
+    assert!(sb.pending_results().is_empty());
     w.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(w.wait().await.code(), Some(0), "{}", sb.log());
 }
@@ -387,10 +387,7 @@ async fn a_worker_killed_with_spooled_output_delivers_it_after_restart() {
     cp.stop();
     wait_disconnected(&mut cp).await;
     touch(&go);
-    eventually("the result is journaled", || {
-        sb.result_journal("run-k").exists()
-    })
-    .await;
+    eventually("the result is journaled", || sb.result_journaled("run-k")).await;
 
     // kill -9: nothing is flushed, nothing is said.
     w.child.start_kill().unwrap();
@@ -413,7 +410,7 @@ async fn a_worker_killed_with_spooled_output_delivers_it_after_restart() {
         expected_counted(20000)
     );
     eventually("the state dir is empty", || {
-        sb.state_files("spool").is_empty() && sb.state_files("results").is_empty()
+        sb.state_files("spool").is_empty() && sb.pending_results().is_empty()
     })
     .await;
     w2.signal(nix::sys::signal::Signal::SIGTERM);
@@ -446,10 +443,7 @@ async fn the_spool_bound_drops_the_oldest_lines_behind_a_gap_marker() {
     cp.stop();
     wait_disconnected(&mut cp).await;
     touch(&go);
-    eventually("the result is journaled", || {
-        sb.result_journal("run-g").exists()
-    })
-    .await;
+    eventually("the result is journaled", || sb.result_journaled("run-g")).await;
     let size = std::fs::metadata(sb.spool_file("run-g")).unwrap().len();
     assert!(size <= 1024 * 1024, "the spool holds {size} bytes");
 
@@ -476,6 +470,76 @@ async fn the_spool_bound_drops_the_oldest_lines_behind_a_gap_marker() {
     // The seqs after the marker are those of the lines kept.
     let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
     assert!(seqs.windows(2).all(|p| p[0] < p[1]));
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(w.wait().await.code(), Some(0), "{}", sb.log());
+}
+
+/// Connected to a control plane that acknowledges slowly, a task whose
+/// spool reaches the bound is no longer read (it blocks on its writes)
+/// until acks free room: nothing is dropped.
+#[tokio::test]
+async fn a_full_spool_holds_the_task_back_while_connected_and_loses_nothing() {
+    let sb = Sandbox::new();
+    let mut cp = ControlPlane::start_logs(&Acks::manual()).await;
+    let limit = 1024 * 1024u64;
+    let cfg = yaml(&sb, "log_spool_limit: 1MiB\n", "");
+    let mut w = WorkerBuilder::new(&sb, &cp).config(Some(cfg)).spawn();
+    cp.connected().await;
+
+    // 4 MiB of text: four times the bound.
+    let data: String = (0..40_000)
+        .map(|i| format!("line {i:06} {}\n", "x".repeat(90)))
+        .collect();
+    let path = sb.path().join("big");
+    std::fs::write(&path, &data).unwrap();
+    let wrote_all = sb.path().join("wrote-all");
+    cp.assign(assignment_running(
+        "run-b",
+        &format!("cat {}\ntouch {}\n", path.display(), wrote_all.display()),
+    ));
+
+    // No ack yet: the spool fills to the bound and the task cannot finish
+    // its writes (nothing can be dropped, and 4 MiB do not fit).
+    let spool = sb.spool_file("run-b");
+    let size = || std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
+    eventually("the spool reaches the bound", || size() >= limit).await;
+    assert!(
+        !wrote_all.exists(),
+        "the task wrote everything past a full spool"
+    );
+    let held = size();
+    assert!(held <= limit + 256 * 1024, "the spool holds {held} bytes");
+
+    // A slow control plane: each batch is acknowledged a moment after it
+    // arrives.
+    loop {
+        match cp.frame().await {
+            WorkerMessage::LogLines(l) if l.task_id == "run-b" => {
+                sleep(Duration::from_millis(5)).await;
+                cp.ack("run-b", l.lines.iter().map(|l| l.seq).max().unwrap_or(0));
+            }
+            f if f.is_terminal() && f.task_id() == "run-b" => {
+                assert_completed(&f);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(wrote_all.exists());
+    let frames = cp.task_frames("run-b");
+    let last = assert_log_order(&frames);
+    let lines = dedup_by_seq(&log_lines(&frames));
+    assert!(
+        lines.iter().all(|l| l.gap_bytes.is_none()),
+        "a gap marker: lines were dropped"
+    );
+    assert_no_gaps(&lines, last);
+    assert_eq!(text_lines(&lines, LogStream::Stdout, LogPhase::Agent), data);
+    assert!(
+        !sb.log().contains("exceeds log_spool_limit"),
+        "{}",
+        sb.log()
+    );
     w.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(w.wait().await.code(), Some(0), "{}", sb.log());
 }
@@ -605,7 +669,7 @@ async fn a_v1_control_plane_gets_no_log_frames_and_still_the_result() {
     let kinds: Vec<&str> = cp.frames().iter().map(WorkerMessage::kind).collect();
     assert_eq!(kinds, ["task_claimed", "task_completed"]);
     eventually("the state dir is empty", || {
-        sb.state_files("spool").is_empty() && sb.state_files("results").is_empty()
+        sb.state_files("spool").is_empty() && sb.pending_results().is_empty()
     })
     .await;
     w.signal(nix::sys::signal::Signal::SIGTERM);

@@ -577,11 +577,29 @@ impl Sandbox {
             .join(format!("{task_id}.jsonl"))
     }
 
-    /// The journal of a task's undelivered result.
-    pub fn result_journal(&self, task_id: &str) -> PathBuf {
-        self.state_dir()
-            .join("results")
-            .join(format!("{task_id}.json"))
+    /// Task ids whose result is journaled and not yet delivered
+    /// (`results/journal.jsonl`: `put` and `done` records).
+    pub fn pending_results(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.state_dir().join("results").join("journal.jsonl"))
+            .unwrap_or_default();
+        let mut pending: Vec<String> = Vec::new();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(id) = v["put"]["task_id"].as_str() {
+                pending.retain(|p| p != id);
+                pending.push(id.to_owned());
+            } else if let Some(id) = v["done"]["task_id"].as_str() {
+                pending.retain(|p| p != id);
+            }
+        }
+        pending
+    }
+
+    /// Is the result of `task_id` journaled and not yet delivered?
+    pub fn result_journaled(&self, task_id: &str) -> bool {
+        self.pending_results().iter().any(|p| p == task_id)
     }
 
     /// Names of the files in a state subdirectory (`spool` or `results`).
