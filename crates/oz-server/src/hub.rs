@@ -39,6 +39,10 @@ use crate::state::ServerSettings;
 /// States a worker may still report on.
 const LIVE: [RunState; 3] = [RunState::Pending, RunState::Claimed, RunState::Inprogress];
 const TICK: Duration = Duration::from_secs(1);
+/// How often the set of worker ids with queued runs is rebuilt from the
+/// database (it is kept up to date in between; this catches anything else,
+/// such as another process sharing the database).
+const QUEUED_REFRESH: Duration = Duration::from_secs(30);
 /// Runs offered per pass to a worker whose capacity is unknown (plain v1):
 /// it rejects what it cannot take.
 const UNKNOWN_CAPACITY_BATCH: u32 = 8;
@@ -75,6 +79,14 @@ struct Registry {
     orphans: HashMap<String, Orphan>,
     /// Waiting reason last written to the queued runs of (team, worker id).
     reasons: HashMap<(String, String), String>,
+    /// (team, worker id) pairs that may have QUEUED runs, each with the
+    /// generation of its last mark. The dispatcher queries only these, so a
+    /// pass costs by the worker ids with work, not by those connected
+    /// (bench/REPORT.md: 1,000 idle workers made every pass 1,000 queries).
+    /// Every path that queues a run marks its pair; a full refresh from the
+    /// database at start and every [`QUEUED_REFRESH`] is the safety net.
+    queued: HashMap<(String, String), u64>,
+    queued_gen: u64,
 }
 
 /// What `GET /api/v1/workers` shows of a connection.
@@ -126,6 +138,31 @@ impl Hub {
         self.wake.notify_one();
     }
 
+    /// A run of `worker_host` in `team_id` is QUEUED (new, or back in the
+    /// queue): remember the pair for the dispatcher, and wake it.
+    pub fn queued(&self, team_id: &str, worker_host: &str) {
+        {
+            let mut reg = self.reg();
+            reg.queued_gen += 1;
+            let generation = reg.queued_gen;
+            reg.queued
+                .insert((team_id.to_owned(), worker_host.to_owned()), generation);
+        }
+        self.wake();
+    }
+
+    /// Rebuild the set of pairs with queued runs from the database.
+    async fn refresh_queued(&self) -> Result<(), oz_store::StoreError> {
+        let pairs = self.store.queued_hosts().await?;
+        let mut reg = self.reg();
+        reg.queued_gen += 1;
+        let generation = reg.queued_gen;
+        for pair in pairs {
+            reg.queued.entry(pair).or_insert(generation);
+        }
+        Ok(())
+    }
+
     /// After a restart: runs that were assigned but never claimed go back to
     /// the queue; claimed and running ones wait for their worker to return.
     pub async fn recover(&self) -> Result<(), oz_store::StoreError> {
@@ -150,7 +187,8 @@ impl Hub {
                 );
             }
         }
-        self.sweep_followups().await
+        self.sweep_followups().await?;
+        self.refresh_queued().await
     }
 
     /// Queue again ended runs whose follow-ups wait: ending a run and
@@ -158,15 +196,10 @@ impl Hub {
     /// database error between them must not strand the follow-ups.
     async fn sweep_followups(&self) -> Result<(), oz_store::StoreError> {
         for run_id in self.store.runs_awaiting_followups().await? {
-            if self
-                .store
-                .requeue_for_followups(&run_id, &now())
-                .await?
-                .is_some()
-            {
+            if let Some(run) = self.store.requeue_for_followups(&run_id, &now()).await? {
                 tracing::info!(run_id, "run queued again for its follow-ups");
                 self.logs.publish(&run_id, LogEvent::Changed);
-                self.wake();
+                self.queued(&run.team_id, &run.worker_host);
             }
         }
         Ok(())
@@ -175,7 +208,14 @@ impl Hub {
     /// The dispatcher and timer loop; returns when `stop` fires.
     pub async fn run_dispatcher(self: Arc<Self>, stop: CancellationToken) {
         let mut last_timer_pass: Option<std::time::Instant> = None;
+        let mut last_refresh = Instant::now();
         loop {
+            if last_refresh.elapsed() >= QUEUED_REFRESH {
+                last_refresh = Instant::now();
+                if let Err(e) = self.refresh_queued().await {
+                    tracing::error!(error = %e, "cannot read which worker ids have queued runs");
+                }
+            }
             if let Err(e) = self.dispatch_pass().await {
                 tracing::error!(error = %e, "dispatch pass failed");
             }
@@ -203,7 +243,16 @@ impl Hub {
         let targets: Vec<(String, String, u32)> = {
             let reg = self.reg();
             let mut free: BTreeMap<(String, String), u32> = BTreeMap::new();
-            for c in reg.conns.values().filter(|c| !c.saturated && has_room(c)) {
+            let marked = |c: &&Conn| {
+                reg.queued
+                    .contains_key(&(c.team_id.clone(), c.worker_id.clone()))
+            };
+            for c in reg
+                .conns
+                .values()
+                .filter(|c| !c.saturated && has_room(c))
+                .filter(marked)
+            {
                 let room = match &c.status {
                     Some(s) if s.max_concurrent_tasks > 0 => {
                         (s.max_concurrent_tasks as usize).saturating_sub(c.running.len()) as u32
@@ -218,20 +267,35 @@ impl Hub {
         };
         let now_ts = now();
         for (team_id, worker_id, room) in targets {
+            let key = (team_id.clone(), worker_id.clone());
+            let generation = self.reg().queued.get(&key).copied();
+            let limit = room.clamp(1, 100);
             let query = RunQuery {
                 team_id: team_id.clone(),
-                limit: room.clamp(1, 100),
+                limit,
                 states: vec![RunState::Queued],
                 worker_host: Some(worker_id.clone()),
                 sort_by: SortBy::CreatedAt,
                 sort_order: SortOrder::Asc,
                 ..Default::default()
             };
-            for run in self.store.list_runs(&query).await? {
+            let runs = self.store.list_runs(&query).await?;
+            let found = runs.len();
+            let mut handed_out = 0;
+            for run in runs {
                 let Some(conn_id) = self.pick(&team_id, &worker_id) else {
                     break;
                 };
                 self.assign(run, &conn_id, &now_ts).await?;
+                handed_out += 1;
+            }
+            // Drained: fewer than asked for, and every one handed out;
+            // unless a run was queued for the pair meanwhile.
+            if found < limit as usize && handed_out == found {
+                let mut reg = self.reg();
+                if reg.queued.get(&key).copied() == generation {
+                    reg.queued.remove(&key);
+                }
             }
         }
         self.refresh_waiting().await
@@ -241,12 +305,11 @@ impl Hub {
     /// changes (worker gone, full, draining). Written only on change.
     async fn refresh_waiting(&self) -> Result<(), oz_store::StoreError> {
         let changed: Vec<((String, String), String)> = {
+            // Only pairs that have queued runs (or had, and carry a reason):
+            // with many idle workers connected, looking at every connected
+            // pair made each pass quadratic in connections.
             let reg = self.reg();
-            let mut keys: HashSet<(String, String)> = reg
-                .conns
-                .values()
-                .map(|c| (c.team_id.clone(), c.worker_id.clone()))
-                .collect();
+            let mut keys: HashSet<(String, String)> = reg.queued.keys().cloned().collect();
             keys.extend(reg.reasons.keys().cloned());
             drop(reg);
             keys.into_iter()
@@ -572,6 +635,9 @@ impl Hub {
                 now_ts,
             )
             .await?;
+        if let Some(r) = &run {
+            self.queued(&r.team_id, &r.worker_host);
+        }
         // Follow-ups that came while it was assigned go with the execution
         // that will really start.
         if run.as_ref().is_some_and(|r| r.pending_followups > 0) {
@@ -608,9 +674,10 @@ impl Hub {
             // (The count comes back with the transition: no extra query.)
             if ended.pending_followups > 0 {
                 match self.store.requeue_for_followups(run_id, &now()).await {
-                    Ok(Some(_)) => {
+                    Ok(Some(again)) => {
                         tracing::info!(run_id, "run queued again for its follow-ups");
                         self.logs.publish(run_id, LogEvent::Changed);
+                        self.queued(&again.team_id, &again.worker_host);
                     }
                     Ok(None) => {}
                     Err(e) => {

@@ -110,7 +110,7 @@ async fn fire(
         Some(Some(run)) => {
             tracing::info!(schedule_id = %s.id, run_id = %run.run_id, due = %expected, "schedule fired");
             done.fired += 1;
-            state.hub.wake();
+            state.hub.queued(&run.team_id, &run.worker_host);
         }
         Some(None) => {
             tracing::warn!(schedule_id = %s.id, error = spawn_error.as_deref().unwrap_or(""), "schedule fired but no run could be created");

@@ -351,6 +351,8 @@ pub trait Store: Catalog + Send + Sync + 'static {
     async fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>>;
     /// QUEUED runs, longest queued first (by `queued_at`).
     async fn queued_runs(&self, limit: u32) -> Result<Vec<Run>>;
+    /// The (team, worker host) pairs that have QUEUED runs.
+    async fn queued_hosts(&self) -> Result<Vec<(String, String)>>;
     /// Runs in PENDING, CLAIMED or INPROGRESS.
     async fn active_runs(&self) -> Result<Vec<Run>>;
     /// The live run whose run-scoped token has this hash.

@@ -939,6 +939,22 @@ impl Store for SqliteStore {
         runs_from_rows(&rows)
     }
 
+    async fn queued_hosts(&self) -> Result<Vec<(String, String)>> {
+        let rows =
+            sqlx::query("SELECT DISTINCT team_id, worker_host FROM runs WHERE state = 'QUEUED'")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("queued hosts"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("team_id").map_err(db("queued hosts"))?,
+                    r.try_get("worker_host").map_err(db("queued hosts"))?,
+                ))
+            })
+            .collect()
+    }
+
     async fn active_runs(&self) -> Result<Vec<Run>> {
         let mut sql = Sql::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE state "));
         let active: Vec<RunState> = RunState::ALL

@@ -85,7 +85,7 @@ pub async fn create(
         "follow-up accepted"
     );
     if run.state == oz_store::RunState::Queued {
-        state.hub.wake();
+        state.hub.queued(&run.team_id, &run.worker_host);
         state.hub.notify_log_readers(&run.run_id);
     }
     Ok(Json(json!({

@@ -45,7 +45,7 @@ pub async fn create(
     let new = build_run(&state, origin, params).await?;
     let run = state.store.insert_run(new).await?;
     tracing::info!(run_id = %run.run_id, worker_host = %run.worker_host, "run queued");
-    state.hub.wake();
+    state.hub.queued(&run.team_id, &run.worker_host);
     Ok(Json(AgentRunResponse {
         run_id: run.run_id.clone(),
         state: run.state,
