@@ -191,9 +191,19 @@ async fn compose_prompt(
     Ok(Some(prompt))
 }
 
-/// Give every waiting follow-up of an ended run to a new execution and
-/// queue the run again. The caller holds a write transaction.
-async fn requeue_on(conn: &mut SqliteConnection, run: &Run, now: &str) -> Result<Option<Run>> {
+/// `'SUCCEEDED', 'FAILED', …`: the terminal states for an `IN (…)`.
+fn terminal_list() -> String {
+    let terminal: Vec<String> = RunState::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    terminal.join(", ")
+}
+
+/// Give every waiting follow-up of `run` to its next execution; returns that
+/// execution's prompt.
+async fn assign_waiting(conn: &mut SqliteConnection, run: &Run) -> Result<Option<String>> {
     let next = run.executions + 1;
     sqlx::query("UPDATE followups SET execution = $1 WHERE run_id = $2 AND execution IS NULL")
         .bind(i64::from(next))
@@ -201,20 +211,21 @@ async fn requeue_on(conn: &mut SqliteConnection, run: &Run, now: &str) -> Result
         .execute(&mut *conn)
         .await
         .map_err(db("assign follow-ups"))?;
-    let prompt = compose_prompt(conn, run, next).await?;
+    compose_prompt(conn, run, next).await
+}
+
+/// Give every waiting follow-up of an ended run to a new execution and
+/// queue the run again. The caller holds a write transaction.
+async fn requeue_on(conn: &mut SqliteConnection, run: &Run, now: &str) -> Result<Option<Run>> {
+    let prompt = assign_waiting(conn, run).await?;
     let status = to_json(
         "run status message",
         &StatusMessage::info("queued again for a follow-up"),
     )?;
-    let terminal: Vec<String> = RunState::ALL
-        .into_iter()
-        .filter(|s| s.is_terminal())
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect();
     // A new execution numbers its log lines from 1 again: continue after the
-    // lines stored so far.
-    // The old execution is over: its id, holder and token go, so that late
-    // frames of it (which carry its execution id) are told apart.
+    // lines stored so far. The old execution is over: its id, holder and
+    // token go, so that late frames of it (which carry its execution id) are
+    // told apart.
     let sql = format!(
         "UPDATE runs SET state = 'QUEUED', execution_prompt = $1, pending_followups = 0, \
          ended_at = NULL, cancel_requested_at = NULL, holder = NULL, assigned_at = NULL, \
@@ -222,7 +233,7 @@ async fn requeue_on(conn: &mut SqliteConnection, run: &Run, now: &str) -> Result
          status_message = $2, log_last_seq = NULL, updated_at = $3, \
          log_seq_base = COALESCE((SELECT MAX(seq) FROM run_logs WHERE run_id = $4), 0) \
          WHERE run_id = $4 AND state IN ({}) RETURNING {RUN_COLUMNS}",
-        terminal.join(", ")
+        terminal_list()
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(prompt)
@@ -238,14 +249,7 @@ async fn requeue_on(conn: &mut SqliteConnection, run: &Run, now: &str) -> Result
 /// Give every waiting follow-up of a QUEUED run to the execution about to
 /// start. The caller holds a write transaction.
 async fn fold_on(conn: &mut SqliteConnection, run: &Run, now: &str) -> Result<Option<Run>> {
-    let next = run.executions + 1;
-    sqlx::query("UPDATE followups SET execution = $1 WHERE run_id = $2 AND execution IS NULL")
-        .bind(i64::from(next))
-        .bind(run.run_id.clone())
-        .execute(&mut *conn)
-        .await
-        .map_err(db("assign follow-ups"))?;
-    let prompt = compose_prompt(conn, run, next).await?;
+    let prompt = assign_waiting(conn, run).await?;
     let sql = format!(
         "UPDATE runs SET execution_prompt = $1, pending_followups = 0, updated_at = $2 \
          WHERE run_id = $3 AND state = 'QUEUED' RETURNING {RUN_COLUMNS}"
@@ -786,15 +790,10 @@ impl Catalog for SqliteStore {
     }
 
     async fn runs_awaiting_followups(&self) -> Result<Vec<String>> {
-        let terminal: Vec<String> = RunState::ALL
-            .into_iter()
-            .filter(|s| s.is_terminal())
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect();
         let sql = format!(
             "SELECT run_id FROM runs WHERE pending_followups > 0 \
              AND cancel_requested_at IS NULL AND state IN ({})",
-            terminal.join(", ")
+            terminal_list()
         );
         sqlx::query_scalar(AssertSqlSafe(sql))
             .fetch_all(&self.pool)
