@@ -1321,6 +1321,20 @@ async fn runner_only_harness_types_are_kept_under_runner_harness() {
         .await;
     assert_eq!(r["agent_config"]["harness"]["type"], "codex");
     assert!(r["agent_config"].get("runner_harness").is_none());
+    // The run's own runner-only harness wins over the agent's harness.
+    let agent = e
+        .post(
+            "/api/v1/agent/identities",
+            json!({"name": "a", "harness": {"type": "claude"}}),
+        )
+        .await
+        .expect(StatusCode::OK);
+    let r = e
+        .run(json!({"prompt": "echo", "agent_identity_uid": agent["uid"],
+            "config": {"harness": {"type": "command"}}}))
+        .await;
+    assert!(r["agent_config"].get("harness").is_none(), "{r}");
+    assert_eq!(r["agent_config"]["runner_harness"]["type"], "command");
 }
 
 /// A run token reads its own run's artifacts, not its team's others.

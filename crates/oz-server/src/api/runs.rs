@@ -138,7 +138,11 @@ pub(crate) async fn build_run(
             }
         }
         for key in ["harness", "harness_auth_secrets", "inference_providers"] {
-            let unset = config.get(key).is_none_or(Value::is_null);
+            let mut unset = config.get(key).is_none_or(Value::is_null);
+            // A runner-only harness the run names is its harness too.
+            if key == "harness" && config.get("runner_harness").is_some_and(Value::is_object) {
+                unset = false;
+            }
             if unset && let Some(v) = spec.get(key).filter(|v| v.is_object()) {
                 config.insert(key.into(), v.clone());
             }
