@@ -399,8 +399,10 @@ pub struct ScheduleDeleteResponse {
     pub extra: Map<String, Value>,
 }
 
-fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
-    let detail = serde_json::from_slice::<Value>(body)
+/// What an error answer says: the problem's `detail` (or `error`), else
+/// the start of the body, else the status reason.
+pub(crate) fn problem_detail(status: StatusCode, body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| {
             v.get("detail")
@@ -418,7 +420,11 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
             } else {
                 text.chars().take(300).collect()
             }
-        });
+        })
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let detail = problem_detail(status, body);
     let detail = match status.as_u16() {
         401 => format!("{detail}; check --api-key or {ENV_API_KEY}"),
         _ => detail,
@@ -430,7 +436,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
 }
 
 /// The innermost cause says the most ("connection refused").
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

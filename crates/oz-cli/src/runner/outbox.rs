@@ -32,11 +32,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use super::env::Env;
 use super::exec::Sink;
-use crate::client::encode_segment;
+use crate::client::{encode_segment, error_chain, problem_detail};
 
 /// Where the agent puts artifacts, relative to the working directory.
 pub const ARTIFACTS_DIR: &str = ".oz/artifacts";
@@ -509,7 +507,7 @@ impl Uploader {
                 return Err(UploadError::Transport(format!(
                     "cannot reach the Oz API at {}: {}",
                     self.base,
-                    innermost(&e)
+                    error_chain(&e)
                 )));
             }
             Err(_) => {
@@ -522,38 +520,12 @@ impl Uploader {
         if status.is_success() {
             return Ok(());
         }
-        let detail = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| {
-                v.get("detail")
-                    .or_else(|| v.get("error"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| {
-                let text = String::from_utf8_lossy(&body).trim().to_owned();
-                if text.is_empty() {
-                    status.canonical_reason().unwrap_or("failed").to_owned()
-                } else {
-                    text.chars().take(300).collect()
-                }
-            });
+        let detail = problem_detail(status, &body);
         Err(UploadError::Api {
             status: status.as_u16(),
             detail,
         })
     }
-}
-
-/// The innermost cause says the most ("connection refused").
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg = s.to_string();
-        source = s.source();
-    }
-    msg
 }
 
 /// One file to send.
