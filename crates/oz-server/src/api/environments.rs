@@ -37,14 +37,8 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let key = principal.require_team()?;
-    let config = match super::json_body::<Value>(&body)? {
-        Value::Object(m) => m,
-        _ => {
-            return Err(ApiError::bad_request(
-                "the request body must be a JSON object",
-            ));
-        }
-    };
+    // An empty body reads as an empty object.
+    let config: Map<String, Value> = super::json_body(&body)?;
     let config = validate(config)?;
     let now = crate::now();
     let env = Environment {

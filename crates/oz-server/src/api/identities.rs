@@ -39,7 +39,6 @@ const AGENT_TYPES: [&str; 7] = [
     "VERIFY",
     "CUSTOM",
 ];
-const HARNESSES: [&str; 4] = ["oz", "claude", "gemini", "codex"];
 
 pub async fn create(
     State(state): State<AppState>,
@@ -47,7 +46,7 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let key = principal.require_team()?;
-    let body = object(&body)?;
+    let body: Map<String, Value> = super::json_body(&body)?;
     let name = match body.get("name") {
         Some(Value::String(n)) if !n.trim().is_empty() => n.trim().to_owned(),
         _ => {
@@ -110,7 +109,7 @@ pub async fn update(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let key = principal.require_team()?;
-    let body = object(&body)?;
+    let body: Map<String, Value> = super::json_body(&body)?;
     let mut agent = load(&state, &key.team_id, &uid).await?;
     match body.get("name") {
         None | Some(Value::Null) => {}
@@ -156,17 +155,6 @@ async fn load(state: &AppState, team_id: &str, uid: &str) -> ApiResult<Agent> {
         .get_agent(team_id, uid)
         .await?
         .ok_or_else(|| not_found(uid))
-}
-
-fn object(body: &[u8]) -> ApiResult<Map<String, Value>> {
-    match super::json_body::<Value>(body)? {
-        Value::Object(m) => Ok(m),
-        // An empty body reads as `null`.
-        Value::Null => Ok(Map::new()),
-        _ => Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        )),
-    }
 }
 
 /// Copy the request's fields into `spec`, checking their types.
@@ -338,11 +326,11 @@ async fn check(state: &AppState, team_id: &str, spec: &Map<String, Value>) -> Ap
         .and_then(|h| h.get("type"))
         .and_then(Value::as_str);
     if let Some(h) = harness.or(s("base_harness"))
-        && !HARNESSES.contains(&h)
+        && !config::SDK_HARNESSES.contains(&h)
     {
         return Err(ApiError::bad_request(format!(
             "harness {h:?} is not one of {}",
-            HARNESSES.join(", ")
+            config::SDK_HARNESSES.join(", ")
         )));
     }
     if let (Some(h), Some(b)) = (harness, s("base_harness"))
