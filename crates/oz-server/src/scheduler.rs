@@ -54,10 +54,13 @@ pub async fn tick(state: &AppState, now: DateTime<Utc>) -> Result<Tick, oz_store
     loop {
         let due = state.store.due_schedules(&oz_store::ts(now), BATCH).await?;
         let count = due.len();
+        let before = done;
         for schedule in due {
             fire(state, &schedule, now, &mut done).await?;
         }
-        if count < BATCH as usize {
+        // A full batch may hide more; but a batch that moved nothing (every
+        // firing left due to retry) would come back the same: stop there.
+        if count < BATCH as usize || done == before {
             return Ok(done);
         }
     }
