@@ -357,6 +357,18 @@ pub trait Store: Catalog + Send + Sync + 'static {
     async fn active_runs(&self) -> Result<Vec<Run>>;
     /// The live run whose run-scoped token has this hash.
     async fn find_run_by_token(&self, token_hash: &str) -> Result<Option<Run>>;
+    /// The dispatcher's step: move the oldest QUEUED run of (team, worker
+    /// host) (by `created_at`, then `run_id`) to PENDING, applying `patch`,
+    /// in one statement. Returns it, or `None` when none is queued.
+    /// Equivalent to [`Store::list_runs`] of one run and a
+    /// [`Store::transition`] from QUEUED, without the read in between.
+    async fn assign_next(
+        &self,
+        team_id: &str,
+        worker_host: &str,
+        patch: RunPatch,
+        now: &str,
+    ) -> Result<Option<Run>>;
     /// Move a run to `to` if its state is one of `from`, applying `patch`
     /// and setting `updated_at = now`, in one transaction. Returns the new
     /// run, or `None` when the run is missing or in another state.

@@ -45,8 +45,9 @@ use crate::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Connections in the pool of a file database.
-const POOL_SIZE: u32 = 4;
+/// Read-only connections of a file database, for the reads that may take
+/// long (lists, log pages, sweeps) so they never hold up the main one.
+const READERS: u32 = 3;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Columns of `runs`, selected or returned by every run query; rows are
@@ -60,10 +61,19 @@ const RUN_COLUMNS: &str = "run_id, team_id, state, prompt, title, config, metada
 
 const KEY_COLUMNS: &str = "id, team_id, name, kind, prefix, created_at, last_used_at, revoked_at";
 
-/// SQLite implementation of [`Store`]. Cloning shares the pool.
+/// SQLite implementation of [`Store`]. Cloning shares the pools.
+///
+/// A file database has one main connection for every write and point read,
+/// and [`READERS`] read-only ones for lists and log pages. One main
+/// connection because SQLite runs one writer at a time anyway, and because
+/// a connection's page cache is dropped whenever another connection has
+/// committed since its last statement: with a pool of four taking turns,
+/// nearly every statement began by reading its pages again
+/// (bench/REPORT.md: the server's CPU per run fell by a quarter).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    readers: SqlitePool,
 }
 
 impl SqliteStore {
@@ -91,7 +101,8 @@ impl SqliteStore {
                 .run(&pool)
                 .await
                 .map_err(|e| migrate_error(url, e))?;
-            return Ok(SqliteStore { pool });
+            let readers = pool.clone();
+            return Ok(SqliteStore { pool, readers });
         }
         let path = options.get_filename().to_path_buf();
         create_parent(&path, url)?;
@@ -131,9 +142,10 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Migrate(format!("{location}: {e}")))?;
         conn.close().await.map_err(|e| open_error(location, &e))?;
-        let pool = Self::open_pool(options, POOL_SIZE, location).await?;
+        let pool = Self::open_pool(options.clone(), 1, location).await?;
+        let readers = Self::open_pool(options.read_only(true), READERS, location).await?;
         tracing::debug!(%location, "sqlite store open");
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, readers })
     }
 
     async fn open_pool(
@@ -147,18 +159,25 @@ impl SqliteStore {
             // Never drop the last connection: an in-memory database would vanish.
             .idle_timeout(None)
             .max_lifetime(None)
+            // sqlx pings an idle connection before handing it out, to find
+            // dropped network links; a SQLite connection is a thread in this
+            // process, so the ping is only a second round trip per query.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| open_error(location, &e))
     }
 
-    /// The underlying pool, for maintenance tasks and tests.
+    /// The main connection's pool (a single connection for a file
+    /// database: give each connection back before the next store call), for
+    /// maintenance tasks and tests.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
     /// Closes every connection; further calls fail.
     pub async fn close(&self) {
+        self.readers.close().await;
         self.pool.close().await;
     }
 }
@@ -921,7 +940,7 @@ impl Store for SqliteStore {
         let p = sql.int_arg(i64::from(q.limit));
         sql.push(&format!(" LIMIT {p}"));
 
-        let rows = sql.fetch_all(&self.pool, "list runs").await?;
+        let rows = sql.fetch_all(&self.readers, "list runs").await?;
         runs_from_rows(&rows)
     }
 
@@ -933,7 +952,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(RunState::Queued.as_str())
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db("queued runs"))?;
         runs_from_rows(&rows)
@@ -942,7 +961,7 @@ impl Store for SqliteStore {
     async fn queued_hosts(&self) -> Result<Vec<(String, String)>> {
         let rows =
             sqlx::query("SELECT DISTINCT team_id, worker_host FROM runs WHERE state = 'QUEUED'")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.readers)
                 .await
                 .map_err(db("queued hosts"))?;
         rows.iter()
@@ -963,7 +982,7 @@ impl Store for SqliteStore {
             .collect();
         let states = sql.states_in(&active);
         sql.push(&states).push(" ORDER BY created_at, run_id");
-        let rows = sql.fetch_all(&self.pool, "active runs").await?;
+        let rows = sql.fetch_all(&self.readers, "active runs").await?;
         runs_from_rows(&rows)
     }
 
@@ -988,6 +1007,33 @@ impl Store for SqliteStore {
     ) -> Result<Option<Run>> {
         self.update_run(run_id, from, Some(to), patch, now, "transition run")
             .await
+    }
+
+    async fn assign_next(
+        &self,
+        team_id: &str,
+        worker_host: &str,
+        patch: RunPatch,
+        now: &str,
+    ) -> Result<Option<Run>> {
+        let mut sql = Sql::new("UPDATE runs SET ");
+        let p = sql.arg(now.to_owned());
+        sql.push(&format!("updated_at = {p}"));
+        let p = sql.arg(RunState::Pending.as_str().to_owned());
+        sql.push(&format!(", state = {p}"));
+        push_patch(&mut sql, patch)?;
+        let (t, w) = (sql.arg(team_id.to_owned()), sql.arg(worker_host.to_owned()));
+        let queued = sql.arg(RunState::Queued.as_str().to_owned());
+        // The subquery walks the dispatch index (team, worker, state,
+        // created_at, run_id); the outer state check keeps it a
+        // compare-and-set like every other transition.
+        sql.push(&format!(
+            " WHERE run_id = (SELECT run_id FROM runs WHERE team_id = {t} AND worker_host = {w} \
+             AND state = {queued} ORDER BY created_at, run_id LIMIT 1) AND state = {queued} \
+             RETURNING {RUN_COLUMNS}"
+        ));
+        let rows = sql.fetch_all(&self.pool, "assign next run").await?;
+        rows.first().map(run_from_row).transpose()
     }
 
     async fn patch_run(
@@ -1083,7 +1129,7 @@ impl Store for SqliteStore {
         }
         let l = sql.int_arg(i64::from(q.limit));
         sql.push(&format!(" ORDER BY seq LIMIT {l}"));
-        let rows = sql.fetch_all(&self.pool, "read logs").await?;
+        let rows = sql.fetch_all(&self.readers, "read logs").await?;
         rows.iter().map(log_from_row).collect()
     }
 
@@ -1102,7 +1148,7 @@ impl Store for SqliteStore {
             sqlx::query_scalar("SELECT COUNT(*) FROM run_logs WHERE run_id = $1 AND seq <= $2")
                 .bind(run_id.to_owned())
                 .bind(seq_bound(seq))
-                .fetch_one(&self.pool)
+                .fetch_one(&self.readers)
                 .await
                 .map_err(db("count logs"))?;
         u64_from_db("log count", n)

@@ -473,6 +473,97 @@ mod story {
         assert_eq!(s.get_run("r").await.unwrap(), Some(run));
     }
 
+    /// The dispatcher's step: oldest first (run_id breaks ties), only the
+    /// pair's QUEUED runs, the patch applied, `None` once drained; and
+    /// concurrent callers never get the same run.
+    pub async fn assign_next(s: Arc<dyn Store>) {
+        s.create_team("t", "T", &at(0)).await.unwrap();
+        s.create_team("u", "U", &at(0)).await.unwrap();
+        let make = |id: &str, team: &str, host: &str, t: i64| {
+            let mut nr = new_run(id, team, &at(t));
+            nr.worker_host = host.to_owned();
+            nr
+        };
+        for nr in [
+            make("c", "t", "w", 3),
+            make("b", "t", "w", 1),
+            make("a", "t", "w", 1),
+            make("other-host", "t", "x", 0),
+            make("other-team", "u", "w", 0),
+            make("cancelled", "t", "w", 0),
+        ] {
+            s.insert_run(nr).await.unwrap();
+        }
+        s.transition(
+            "cancelled",
+            &[RunState::Queued],
+            RunState::Cancelled,
+            RunPatch::default(),
+            &at(5),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let patch = |conn: &str| RunPatch {
+            holder: Some(Some(conn.to_owned())),
+            execution_id: Some(Some(format!("exec-{conn}"))),
+            new_execution: true,
+            ..RunPatch::default()
+        };
+        let mut got = Vec::new();
+        while let Some(run) = s
+            .assign_next("t", "w", patch(&format!("c{}", got.len())), &at(10))
+            .await
+            .unwrap()
+        {
+            assert_eq!(run.state, RunState::Pending);
+            assert_eq!(run.holder, Some(format!("c{}", got.len())));
+            assert_eq!(run.execution_id, Some(format!("exec-c{}", got.len())));
+            assert_eq!(run.executions, 1);
+            assert_eq!(run.updated_at, at(10));
+            assert_eq!(s.get_run(&run.run_id).await.unwrap(), Some(run.clone()));
+            got.push(run.run_id);
+        }
+        assert_eq!(got, ["a", "b", "c"]);
+        for (id, state) in [
+            ("other-host", RunState::Queued),
+            ("other-team", RunState::Queued),
+            ("cancelled", RunState::Cancelled),
+        ] {
+            assert_eq!(s.get_run(id).await.unwrap().unwrap().state, state, "{id}");
+        }
+        assert_eq!(
+            s.assign_next("t", "nobody", patch("z"), &at(11))
+                .await
+                .unwrap(),
+            None
+        );
+
+        // Eight dispatchers racing for five runs: each run goes once.
+        for i in 0..5 {
+            s.insert_run(make(&format!("race-{i}"), "u", "r", 20 + i))
+                .await
+                .unwrap();
+        }
+        let barrier = Arc::new(tokio::sync::Barrier::new(8));
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let (s, barrier) = (s.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                s.assign_next("u", "r", patch(&format!("d{i}")), &at(30))
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut won = Vec::new();
+        for task in tasks {
+            won.extend(task.await.unwrap().map(|r| r.run_id));
+        }
+        won.sort();
+        assert_eq!(won, ["race-0", "race-1", "race-2", "race-3", "race-4"]);
+    }
+
     pub async fn queue_active_artifacts(s: Arc<dyn Store>) {
         s.create_team("t", "T", &at(0)).await.unwrap();
         // Same created_at for b and a: run_id breaks the tie.
@@ -957,6 +1048,7 @@ stories!(
     insert_and_get_run,
     transition_cas,
     concurrent_transitions,
+    assign_next,
     queue_active_artifacts,
     token_lookup,
     list_filters,
