@@ -1,7 +1,7 @@
 //! API keys and run-scoped tokens: random 256-bit secrets with a readable
 //! prefix, stored only as SHA-256 hashes, compared in constant time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,53 @@ fn claim_touch(key_id: &str) -> bool {
             touched.insert(key_id.to_owned(), now);
             true
         }
+    }
+}
+
+/// Live API keys found recently, by hash, so that a busy client is not one
+/// extra database read per request (bench/REPORT.md: the key lookup was two
+/// of the twelve statements of a run).
+///
+/// Only keys that exist and are live are kept, each for [`KeyCache::TTL`]:
+/// a key revoked through this process stops working at once (the revoke
+/// clears the cache); one revoked by another process sharing the database
+/// (`oz-server keys revoke`, a replica) stops working within the TTL.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    keys: Mutex<HashMap<String, (ApiKey, Instant)>>,
+}
+
+impl KeyCache {
+    pub const TTL: Duration = Duration::from_secs(1);
+    /// More live keys than this in one second is not a client pattern worth
+    /// caching for; past it, expired entries go and then everything.
+    const MAX_ENTRIES: usize = 4096;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ApiKey, Instant)>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, hash: &str) -> Option<ApiKey> {
+        let keys = self.lock();
+        keys.get(hash)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(key, _)| key.clone())
+    }
+
+    fn put(&self, hash: String, key: ApiKey) {
+        let mut keys = self.lock();
+        if keys.len() >= Self::MAX_ENTRIES {
+            keys.retain(|_, (_, at)| at.elapsed() < Self::TTL);
+            if keys.len() >= Self::MAX_ENTRIES {
+                keys.clear();
+            }
+        }
+        keys.insert(hash, (key, Instant::now()));
+    }
+
+    /// Forget every key: call after revoking one.
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 }
 
@@ -150,8 +197,12 @@ pub async fn authenticate(state: &AppState, secret: &str) -> Result<Principal, A
             )),
         };
     }
+    if let Some(key) = state.keys.get(&h) {
+        return Ok(Principal::Key(key));
+    }
     match state.store.find_api_key(&h).await? {
         Some(key) => {
+            state.keys.put(h, key.clone());
             if claim_touch(&key.id) {
                 let now = crate::now();
                 if let Err(e) = state.store.touch_api_key(&key.id, &now).await {

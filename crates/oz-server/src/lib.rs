@@ -58,6 +58,7 @@ pub async fn state(
         shutdown,
         scheduler: Arc::new(tokio::sync::Notify::new()),
         url_key: Arc::new(url_key),
+        keys: Arc::default(),
     })
 }
 

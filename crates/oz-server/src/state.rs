@@ -56,6 +56,8 @@ pub struct AppState {
     pub scheduler: Arc<tokio::sync::Notify>,
     /// Key that signs download URLs (shared by replicas through the store).
     pub url_key: Arc<Vec<u8>>,
+    /// Live API keys seen in the last second (see [`crate::auth::KeyCache`]).
+    pub keys: Arc<crate::auth::KeyCache>,
 }
 
 impl AppState {

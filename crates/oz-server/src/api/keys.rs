@@ -97,6 +97,7 @@ pub async fn revoke(
         .revoke_api_key(&admin.team_id, &key_id, &crate::now())
         .await?
     {
+        state.keys.clear();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
