@@ -8,8 +8,8 @@
 //!   anything is sent or answered; a duplicate or late frame finds the run in
 //!   another state and changes nothing;
 //! - a worker that rejects is not offered anything again until one of its
-//!   runs ends (no busy loop); runs wait in QUEUED with the reason in
-//!   `status_message`;
+//!   runs ends (no busy loop); runs wait in QUEUED, and the API shows why
+//!   in their `status_message` ([`Hub::queued_status`], computed on read);
 //! - runs of a worker that disconnected wait `lease_grace` for a worker with
 //!   the same id to come back, then end ERROR naming the lost worker;
 //! - log lines (extension `logs`) are acknowledged only after the
@@ -26,7 +26,7 @@ use oz_protocol::{
     AgentConfigSnapshot, FailureReason, ServerHello, ServerMessage, Task, TaskAssignment,
     TaskCancellation, TaskDefinition, WorkerMessage, WorkerStatus,
 };
-use oz_store::{LogRecord, Run, RunPatch, RunQuery, SortBy, SortOrder, Store};
+use oz_store::{LogRecord, Run, RunPatch, Store};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -53,7 +53,10 @@ struct Conn {
     /// Team of the key the worker connected with: it only gets that team's runs.
     team_id: String,
     tx: mpsc::UnboundedSender<String>,
-    running: HashSet<String>,
+    /// Runs this connection holds, with the execution it was handed when
+    /// this process assigned it (`None` for runs adopted after a
+    /// reconnect): log frames of a held run need no read of the run.
+    running: HashMap<String, Option<Held>>,
     /// Runs taken over from a lost worker with this id and not yet confirmed
     /// by a `worker_status` listing them; the only runs a status may take
     /// away (a status can be older than the latest assignment).
@@ -63,6 +66,20 @@ struct Conn {
     status: Option<WorkerStatus>,
     connected_at: String,
     remote: String,
+}
+
+/// What the hub remembers of an execution it handed to a connection.
+#[derive(Debug, Clone)]
+struct Held {
+    execution_id: Option<String>,
+    log_seq_base: u64,
+}
+
+/// Where a log frame's lines go: the run's current execution and the seq
+/// its lines are stored after.
+struct LogTarget {
+    execution_id: Option<String>,
+    log_seq_base: u64,
 }
 
 /// A run whose worker went away.
@@ -77,8 +94,6 @@ struct Orphan {
 struct Registry {
     conns: HashMap<String, Conn>,
     orphans: HashMap<String, Orphan>,
-    /// Waiting reason last written to the queued runs of (team, worker id).
-    reasons: HashMap<(String, String), String>,
     /// (team, worker id) pairs that may have QUEUED runs, each with the
     /// generation of its last mark. The dispatcher queries only these, so a
     /// pass costs by the worker ids with work, not by those connected
@@ -269,89 +284,27 @@ impl Hub {
         for (team_id, worker_id, room) in targets {
             let key = (team_id.clone(), worker_id.clone());
             let generation = self.reg().queued.get(&key).copied();
-            let limit = room.clamp(1, 100);
-            let query = RunQuery {
-                team_id: team_id.clone(),
-                limit,
-                states: vec![RunState::Queued],
-                worker_host: Some(worker_id.clone()),
-                sort_by: SortBy::CreatedAt,
-                sort_order: SortOrder::Asc,
-                ..Default::default()
-            };
-            let runs = self.store.list_runs(&query).await?;
-            let found = runs.len();
-            let mut handed_out = 0;
-            for run in runs {
+            let mut drained = false;
+            for _ in 0..room.clamp(1, 100) {
                 let Some(conn_id) = self.pick(&team_id, &worker_id) else {
                     break;
                 };
-                self.assign(run, &conn_id, &now_ts).await?;
-                handed_out += 1;
+                if !self
+                    .assign_next(&team_id, &worker_id, &conn_id, &now_ts)
+                    .await?
+                {
+                    drained = true;
+                    break;
+                }
             }
-            // Drained: fewer than asked for, and every one handed out;
-            // unless a run was queued for the pair meanwhile.
-            if found < limit as usize && handed_out == found {
+            // Nothing left for the pair; unless a run was queued for it
+            // meanwhile.
+            if drained {
                 let mut reg = self.reg();
                 if reg.queued.get(&key).copied() == generation {
                     reg.queued.remove(&key);
                 }
             }
-        }
-        self.refresh_waiting().await
-    }
-
-    /// Keep the `status_message` of waiting runs true when their situation
-    /// changes (worker gone, full, draining). Written only on change.
-    async fn refresh_waiting(&self) -> Result<(), oz_store::StoreError> {
-        let changed: Vec<((String, String), String)> = {
-            // Only pairs that have queued runs (or had, and carry a reason):
-            // with many idle workers connected, looking at every connected
-            // pair made each pass quadratic in connections.
-            let reg = self.reg();
-            let mut keys: HashSet<(String, String)> = reg.queued.keys().cloned().collect();
-            keys.extend(reg.reasons.keys().cloned());
-            drop(reg);
-            keys.into_iter()
-                .filter_map(|key| {
-                    let (reason, waiting) = self.waiting(&key.0, &key.1);
-                    let mut reg = self.reg();
-                    if !waiting {
-                        // A worker has room: the runs are handed out in this
-                        // very pass. Forget the last reason so the next
-                        // wait is written again.
-                        reg.reasons.remove(&key);
-                        return None;
-                    }
-                    let stale = reg.reasons.get(&key) != Some(&reason);
-                    stale.then_some((key, reason))
-                })
-                .collect()
-        };
-        let now_ts = now();
-        for ((team_id, worker_id), reason) in changed {
-            let query = RunQuery {
-                team_id: team_id.clone(),
-                limit: 1000,
-                states: vec![RunState::Queued],
-                worker_host: Some(worker_id.clone()),
-                sort_by: SortBy::CreatedAt,
-                sort_order: SortOrder::Asc,
-                ..Default::default()
-            };
-            for run in self.store.list_runs(&query).await? {
-                if run.status_message.as_ref().map(|s| s.message.as_str()) != Some(reason.as_str())
-                {
-                    let patch = RunPatch {
-                        status_message: Some(Some(StatusMessage::info(reason.clone()))),
-                        ..Default::default()
-                    };
-                    self.store
-                        .patch_run(&run.run_id, &[RunState::Queued], patch, &now_ts)
-                        .await?;
-                }
-            }
-            self.reg().reasons.insert((team_id, worker_id), reason);
         }
         Ok(())
     }
@@ -381,14 +334,18 @@ impl Hub {
         Ok(())
     }
 
-    /// QUEUED → PENDING on `conn_id`, then send the assignment; if the
-    /// connection vanished meanwhile the run goes straight back.
-    async fn assign(
+    /// The oldest QUEUED run of (team, worker id) → PENDING on `conn_id`,
+    /// then send the assignment; if the connection vanished meanwhile the
+    /// run goes straight back. False when no run was queued, or when the
+    /// connection was gone (the requeue marked the pair queued again, so
+    /// the caller's pass stops without losing the run).
+    async fn assign_next(
         &self,
-        run: Run,
+        team_id: &str,
+        worker_id: &str,
         conn_id: &str,
         now_ts: &str,
-    ) -> Result<(), oz_store::StoreError> {
+    ) -> Result<bool, oz_store::StoreError> {
         let token = auth::new_secret(auth::RUN_TOKEN_PREFIX);
         let execution_id = uuid::Uuid::new_v4().to_string();
         let patch = RunPatch {
@@ -402,16 +359,10 @@ impl Hub {
         };
         let Some(run) = self
             .store
-            .transition(
-                &run.run_id,
-                &[RunState::Queued],
-                RunState::Pending,
-                patch,
-                now_ts,
-            )
+            .assign_next(team_id, worker_id, patch, now_ts)
             .await?
         else {
-            return Ok(()); // cancelled meanwhile
+            return Ok(false);
         };
         let frame =
             ServerMessage::TaskAssignment(Box::new(self.assignment(&run, &execution_id, &token)))
@@ -420,7 +371,11 @@ impl Hub {
             let mut reg = self.reg();
             match reg.conns.get_mut(conn_id) {
                 Some(c) if c.tx.send(frame).is_ok() => {
-                    c.running.insert(run.run_id.clone());
+                    let held = Held {
+                        execution_id: run.execution_id.clone(),
+                        log_seq_base: run.log_seq_base,
+                    };
+                    c.running.insert(run.run_id.clone(), Some(held));
                     true
                 }
                 _ => false,
@@ -436,7 +391,7 @@ impl Hub {
             )
             .await?;
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// The least busy connection of `worker_id` with room for another run.
@@ -453,9 +408,21 @@ impl Hub {
             .map(|(id, _)| id.clone())
     }
 
-    /// Why a run for `worker_id` would wait right now (its status message).
-    pub fn waiting_reason(&self, team_id: &str, worker_id: &str) -> String {
-        self.waiting(team_id, worker_id).0
+    /// What a QUEUED run of (team, worker id) shows as its status: while it
+    /// really waits (no worker with that id, all at capacity or shutting
+    /// down), why; while a worker has room, what the store says of how it
+    /// got back into the queue (a requeue), or that it is about to be
+    /// handed out.
+    ///
+    /// Computed when a run is read rather than written into every queued
+    /// run when a worker fills up or frees a slot: under load that flips
+    /// with every run, and rewrote the whole queue each time.
+    pub fn queued_status(&self, run: &Run) -> Option<StatusMessage> {
+        let (reason, waiting) = self.waiting(&run.team_id, &run.worker_host);
+        match &run.status_message {
+            Some(stored) if !waiting => Some(stored.clone()),
+            _ => Some(StatusMessage::info(reason)),
+        }
     }
 
     /// The waiting reason, and whether runs really wait (false while a
@@ -696,7 +663,7 @@ impl Hub {
         reg.orphans.remove(run_id);
         for c in reg.conns.values_mut() {
             c.adopted.remove(run_id);
-            if c.running.remove(run_id) {
+            if c.running.remove(run_id).is_some() {
                 c.saturated = false;
             }
         }
@@ -739,7 +706,7 @@ impl Hub {
                 worker_id: worker_id.to_owned(),
                 team_id: team_id.to_owned(),
                 tx,
-                running: adopted.iter().cloned().collect(),
+                running: adopted.iter().map(|id| (id.clone(), None)).collect(),
                 adopted: adopted.iter().cloned().collect(),
                 saturated: false,
                 status: None,
@@ -762,7 +729,7 @@ impl Hub {
             .reg()
             .conns
             .get(conn_id)
-            .map(|c| c.running.iter().cloned().collect())
+            .map(|c| c.running.keys().cloned().collect())
             .unwrap_or_default();
         for run_id in runs {
             let patch = RunPatch {
@@ -788,7 +755,7 @@ impl Hub {
             return;
         };
         let since_ts = now();
-        for run_id in conn.running {
+        for run_id in conn.running.into_keys() {
             reg.orphans.insert(
                 run_id,
                 Orphan {
@@ -821,7 +788,7 @@ impl Hub {
             let reg = self.reg();
             reg.conns
                 .iter()
-                .find(|(_, c)| c.running.contains(&run.run_id))
+                .find(|(_, c)| c.running.contains_key(&run.run_id))
                 .map(|(id, _)| id.clone())
                 .or_else(|| run.holder.clone())
         };
@@ -943,7 +910,7 @@ impl Hub {
         self.reg()
             .conns
             .get(conn_id)
-            .is_some_and(|c| c.running.contains(run_id))
+            .is_some_and(|c| c.running.contains_key(run_id))
     }
 
     /// Does a connection other than `conn_id` hold the run?
@@ -951,19 +918,37 @@ impl Hub {
         self.reg()
             .conns
             .iter()
-            .any(|(id, c)| id != conn_id && c.running.contains(run_id))
+            .any(|(id, c)| id != conn_id && c.running.contains_key(run_id))
     }
 
     fn conn_team(&self, conn_id: &str) -> Option<String> {
         self.reg().conns.get(conn_id).map(|c| c.team_id.clone())
     }
 
-    /// The run of a log frame, if it exists and belongs to `team_id`.
-    async fn log_run(
+    /// Where a log frame of `conn_id` for `run_id` goes, if the run exists
+    /// and belongs to `team_id`. A run this process handed to the
+    /// connection is known without a read (a held run is in the
+    /// connection's team, and its execution cannot change while it is
+    /// held: every path that ends or requeues it releases it first); any
+    /// other run (adopted after a reconnect, or already released while late
+    /// lines arrive) is read from the store.
+    async fn log_target(
         &self,
+        conn_id: &str,
         team_id: &str,
         run_id: &str,
-    ) -> Result<Option<Run>, oz_store::StoreError> {
+    ) -> Result<Option<LogTarget>, oz_store::StoreError> {
+        let held = self
+            .reg()
+            .conns
+            .get(conn_id)
+            .and_then(|c| c.running.get(run_id).cloned().flatten());
+        if let Some(h) = held {
+            return Ok(Some(LogTarget {
+                execution_id: h.execution_id,
+                log_seq_base: h.log_seq_base,
+            }));
+        }
         let run = self
             .store
             .get_run(run_id)
@@ -975,7 +960,10 @@ impl Hub {
                 "dropping log frame: no such run in the worker's team"
             );
         }
-        Ok(run)
+        Ok(run.map(|r| LogTarget {
+            execution_id: r.execution_id,
+            log_seq_base: r.log_seq_base,
+        }))
     }
 
     /// Store one `log_lines` frame (in one transaction) and publish the
@@ -995,7 +983,7 @@ impl Hub {
         if batch.lines.is_empty() {
             return Ok(None);
         }
-        let Some(run) = self.log_run(team_id, &batch.task_id).await? else {
+        let Some(run) = self.log_target(conn_id, team_id, &batch.task_id).await? else {
             return Ok(None);
         };
         // Lines of an execution that is over (the run went on to another
@@ -1051,7 +1039,7 @@ impl Hub {
         team_id: &str,
         end: &LogEnd,
     ) -> Result<bool, oz_store::StoreError> {
-        let Some(run) = self.log_run(team_id, &end.task_id).await? else {
+        let Some(run) = self.log_target(conn_id, team_id, &end.task_id).await? else {
             return Ok(false);
         };
         // Never from a past execution: one with another execution id, or
@@ -1120,7 +1108,7 @@ impl Hub {
         let mut reg = self.reg();
         reg.orphans.remove(run_id);
         if let Some(c) = reg.conns.get_mut(conn_id) {
-            c.running.insert(run_id.to_owned());
+            c.running.entry(run_id.to_owned()).or_insert(None);
         }
     }
 
@@ -1138,7 +1126,7 @@ impl Hub {
             .running
             .iter()
             .filter(|id| {
-                conn.running.contains(*id) || orphans_of(&reg.orphans, id, &worker_id, &team_id)
+                conn.running.contains_key(*id) || orphans_of(&reg.orphans, id, &worker_id, &team_id)
             })
             .cloned()
             .collect();
@@ -1149,7 +1137,7 @@ impl Hub {
         // connection may simply be newer than the status.
         let unlisted: Vec<String> = conn.adopted.difference(&listed).cloned().collect();
         for id in &listed {
-            conn.running.insert(id.clone());
+            conn.running.entry(id.clone()).or_insert(None);
             conn.adopted.remove(id);
         }
         for id in &unlisted {
@@ -1181,7 +1169,7 @@ impl Hub {
             .iter()
             .filter(|(_, c)| c.team_id == team_id)
             .map(|(id, c)| {
-                let mut running: Vec<String> = c.running.iter().cloned().collect();
+                let mut running: Vec<String> = c.running.keys().cloned().collect();
                 running.sort();
                 WorkerInfo {
                     worker_id: c.worker_id.clone(),

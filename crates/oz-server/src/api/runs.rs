@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, ApiResult};
+use crate::hub::Hub;
 use crate::state::AppState;
 
 const MAX_METADATA_KEYS: usize = 20;
@@ -297,7 +298,7 @@ pub(crate) async fn build_run(
         Some(a) => (Some(a.uid.clone()), Some(agent_profile(a))),
         None => (None, origin.creator.clone()),
     };
-    let mut new = NewRun {
+    let new = NewRun {
         run_id: uuid::Uuid::now_v7().to_string(),
         team_id,
         prompt,
@@ -330,9 +331,6 @@ pub(crate) async fn build_run(
         }),
         schedule,
     };
-    new.status_message = Some(StatusMessage::info(
-        state.hub.waiting_reason(&new.team_id, &new.worker_host),
-    ));
     Ok(new)
 }
 
@@ -445,7 +443,7 @@ pub async fn get(
     Path(run_id): Path<String>,
 ) -> ApiResult<Json<RunItem>> {
     let run = visible_run(&state, &principal, &run_id).await?;
-    Ok(Json(run_item(&run)))
+    Ok(Json(run_item(&state.hub, &run)))
 }
 
 pub async fn cancel(
@@ -589,7 +587,7 @@ pub async fn report(
             current = run;
         }
     }
-    Ok(Json(run_item(&current)))
+    Ok(Json(run_item(&state.hub, &current)))
 }
 
 /// An artifact as `RunItem.artifacts` holds it: a known `artifact_type`, a
@@ -640,7 +638,9 @@ fn validate_artifact(mut a: Value, now: &str) -> ApiResult<Value> {
     Ok(a)
 }
 
-pub fn run_item(run: &Run) -> RunItem {
+/// The API's view of a run. A QUEUED run's status says why it waits now
+/// (see [`crate::hub::Hub::queued_status`]).
+pub fn run_item(hub: &Hub, run: &Run) -> RunItem {
     RunItem {
         run_id: run.run_id.clone(),
         task_id: run.run_id.clone(),
@@ -662,7 +662,10 @@ pub fn run_item(run: &Run) -> RunItem {
             uid: Some(run.team_id.clone()),
         }),
         source: Some(run.source.clone()),
-        status_message: run.status_message.clone(),
+        status_message: match run.state {
+            RunState::Queued => hub.queued_status(run),
+            _ => run.status_message.clone(),
+        },
         agent_skill: run.skill_spec.as_deref().map(agent_skill),
         conversation_id: run.conversation_id.clone(),
         session_id: run.execution_id.clone().filter(|_| run.state.is_active()),
@@ -883,7 +886,7 @@ pub async fn list(
         None
     };
     Ok(Json(RunList {
-        runs: runs.iter().map(run_item).collect(),
+        runs: runs.iter().map(|r| run_item(&state.hub, r)).collect(),
         page_info: PageInfo {
             has_next_page: has_next,
             next_cursor,
