@@ -1,10 +1,10 @@
 //! The Direct backend: each task runs straight on this host, in its own
 //! workspace directory, between optional setup and teardown hooks.
 //!
-//! Order per task: workspace (0700, owner marker) → env file → setup hook →
-//! env-file vars → agent → teardown hook (always, with its own timeout and
-//! `OZ_TASK_RESULT`) → leftover processes killed → output capture closed →
-//! workspace removed. The stdout and stderr of every hook and the agent are
+//! Order per task: workspace (0700, owner marker) → env file (only with a
+//! setup hook) → setup hook → env-file vars → agent → teardown hook (always,
+//! with its own timeout and `OZ_TASK_RESULT`) → leftover processes killed →
+//! output capture closed → workspace removed. The stdout and stderr of every hook and the agent are
 //! piped into the task's log ([`crate::capture`]), never inherited.
 
 use std::io::{self, Write};
@@ -266,7 +266,9 @@ impl DirectBackend {
             env.extend(task_env.iter());
             env.set("OZ_WORKSPACE_ROOT", path_str(&ws.dir));
             env.set("OZ_RUN_ID", run_id);
-            env.set("OZ_ENVIRONMENT_FILE", path_str(&ws.env_file));
+            if let Some(f) = &ws.env_file {
+                env.set("OZ_ENVIRONMENT_FILE", path_str(f));
+            }
             env.set("OZ_WORKER_BACKEND", "direct");
             env.set(MARKER_VAR, ctl.marker.as_str());
             tracing::info!(run_id, "setup started");
@@ -327,9 +329,10 @@ impl DirectBackend {
         // may override anything but the isolated git config and our marker).
         let mut env = minimal_base(&self.worker_env);
         env.extend(task_env.iter());
-        let parsed = match std::fs::read(&ws.env_file) {
-            Ok(bytes) => dotenv::parse(&bytes),
-            Err(e) => {
+        let parsed = match ws.env_file.as_ref().map(std::fs::read) {
+            None => dotenv::Parsed::default(),
+            Some(Ok(bytes)) => dotenv::parse(&bytes),
+            Some(Err(e)) => {
                 tracing::warn!(run_id, error = %e, "cannot read the environment file written by setup; continuing without its variables");
                 dotenv::Parsed::default()
             }
@@ -478,7 +481,9 @@ impl DirectBackend {
         log: &TaskLog,
     ) {
         let d = &self.settings.direct;
-        remove_file_logged(&ws.env_file);
+        if let Some(f) = &ws.env_file {
+            remove_file_logged(f);
+        }
         let forced = ctl.tokens.kill.is_cancelled();
         // A per-task workspace kept with --no-cleanup also skips teardown, so
         // it can be inspected as the task left it (documented behaviour);
@@ -576,7 +581,7 @@ impl DirectBackend {
                 PathBuf::from(tmp_root).join(format!("oz-task-{run_id}-{}", random_hex(6)));
             std::fs::DirBuilder::new().mode(0o700).create(&private)?;
             std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
-            let env_file = create_env_file(&private)?;
+            let env_file = self.env_file_in(&private)?;
             return Ok(Workspace {
                 dir: target.clone(),
                 git_config: private.join(".gitconfig"),
@@ -607,7 +612,7 @@ impl DirectBackend {
         };
         let text = serde_json::to_string(&owner).map_err(io::Error::other)?;
         std::fs::write(dir.join(WORKSPACE_MARKER), text)?;
-        let env_file = create_env_file(&dir)?;
+        let env_file = self.env_file_in(&dir)?;
         Ok(Workspace {
             git_config: dir.join(".gitconfig"),
             dir,
@@ -624,7 +629,8 @@ impl DirectBackend {
 struct Workspace {
     dir: PathBuf,
     git_config: PathBuf,
-    env_file: PathBuf,
+    /// Only with a setup hook: nothing else can write it.
+    env_file: Option<PathBuf>,
     /// target_dir mode: our private dir for the env file and git config.
     private_tmp: Option<PathBuf>,
     /// True when we created the directory and may remove it.
@@ -633,6 +639,20 @@ struct Workspace {
     pgids: Vec<i32>,
     /// A hook or the agent was stopped (timeout, cancel, shutdown).
     stopped: bool,
+}
+
+impl DirectBackend {
+    /// The task's environment file, created empty (0600) in `dir`, when
+    /// there is a setup hook to write it. Without one it could only stay
+    /// empty (the agent is not told its path), and on a busy host creating
+    /// and deleting it was a third of the inodes each task allocated
+    /// (bench/REPORT.md).
+    fn env_file_in(&self, dir: &Path) -> io::Result<Option<PathBuf>> {
+        match self.settings.direct.setup_command {
+            Some(_) => create_env_file(dir).map(Some),
+            None => Ok(None),
+        }
+    }
 }
 
 fn create_env_file(dir: &Path) -> io::Result<PathBuf> {
