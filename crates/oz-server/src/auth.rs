@@ -51,10 +51,18 @@ fn claim_touch(key_id: &str) -> bool {
 /// Only keys that exist and are live are kept, each for [`KeyCache::TTL`]:
 /// a key revoked through this process stops working at once (the revoke
 /// clears the cache); one revoked by another process sharing the database
-/// (`oz-server keys revoke`, a replica) stops working within the TTL.
+/// (`oz-server api-key revoke`, a replica) stops working within the TTL.
 #[derive(Debug, Default)]
 pub struct KeyCache {
-    keys: Mutex<HashMap<String, (ApiKey, Instant)>>,
+    inner: Mutex<CachedKeys>,
+}
+
+#[derive(Debug, Default)]
+struct CachedKeys {
+    keys: HashMap<String, (ApiKey, Instant)>,
+    /// Bumped by every clear: a key read from the store before a revoke
+    /// committed must not be cached after the clear.
+    generation: u64,
 }
 
 impl KeyCache {
@@ -63,31 +71,42 @@ impl KeyCache {
     /// caching for; past it, expired entries go and then everything.
     const MAX_ENTRIES: usize = 4096;
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ApiKey, Instant)>> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedKeys> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, hash: &str) -> Option<ApiKey> {
-        let keys = self.lock();
-        keys.get(hash)
+    /// A live key seen within the TTL, or else the generation to hand to
+    /// [`KeyCache::put`] after reading the store.
+    fn get(&self, hash: &str) -> Result<ApiKey, u64> {
+        let c = self.lock();
+        c.keys
+            .get(hash)
             .filter(|(_, at)| at.elapsed() < Self::TTL)
             .map(|(key, _)| key.clone())
+            .ok_or(c.generation)
     }
 
-    fn put(&self, hash: String, key: ApiKey) {
-        let mut keys = self.lock();
-        if keys.len() >= Self::MAX_ENTRIES {
-            keys.retain(|_, (_, at)| at.elapsed() < Self::TTL);
-            if keys.len() >= Self::MAX_ENTRIES {
-                keys.clear();
+    /// Remember a key read from the store, unless the cache was cleared
+    /// since `generation` (the read may predate a revoke).
+    fn put(&self, generation: u64, hash: String, key: ApiKey) {
+        let mut c = self.lock();
+        if c.generation != generation {
+            return;
+        }
+        if c.keys.len() >= Self::MAX_ENTRIES {
+            c.keys.retain(|_, (_, at)| at.elapsed() < Self::TTL);
+            if c.keys.len() >= Self::MAX_ENTRIES {
+                c.keys.clear();
             }
         }
-        keys.insert(hash, (key, Instant::now()));
+        c.keys.insert(hash, (key, Instant::now()));
     }
 
     /// Forget every key: call after revoking one.
     pub fn clear(&self) {
-        self.lock().clear();
+        let mut c = self.lock();
+        c.keys.clear();
+        c.generation += 1;
     }
 }
 
@@ -197,12 +216,13 @@ pub async fn authenticate(state: &AppState, secret: &str) -> Result<Principal, A
             )),
         };
     }
-    if let Some(key) = state.keys.get(&h) {
-        return Ok(Principal::Key(key));
-    }
+    let generation = match state.keys.get(&h) {
+        Ok(key) => return Ok(Principal::Key(key)),
+        Err(generation) => generation,
+    };
     match state.store.find_api_key(&h).await? {
         Some(key) => {
-            state.keys.put(h, key.clone());
+            state.keys.put(generation, h, key.clone());
             if claim_touch(&key.id) {
                 let now = crate::now();
                 if let Err(e) = state.store.touch_api_key(&key.id, &now).await {
@@ -248,6 +268,58 @@ pub fn token_live(state: RunState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(id: &str) -> ApiKey {
+        ApiKey {
+            id: id.into(),
+            team_id: "t".into(),
+            name: id.into(),
+            kind: KeyKind::Team,
+            prefix: "ozk_".into(),
+            created_at: "2026-01-01T00:00:00.000000Z".into(),
+            last_used_at: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn key_cache_hits_forgets_on_clear_and_ignores_reads_from_before_a_clear() {
+        let cache = KeyCache::default();
+        let generation = cache.get("h1").expect_err("empty cache");
+        cache.put(generation, "h1".into(), key("k1"));
+        assert_eq!(cache.get("h1").map(|k| k.id), Ok("k1".to_owned()));
+        assert!(cache.get("h2").is_err(), "only the key put is cached");
+
+        // A revoke clears it...
+        cache.clear();
+        let stale = generation;
+        let fresh = cache.get("h1").expect_err("cleared");
+        assert_ne!(stale, fresh);
+        // ...and a lookup that read the store before the revoke committed
+        // cannot put the key back.
+        cache.put(stale, "h1".into(), key("k1"));
+        assert!(
+            cache.get("h1").is_err(),
+            "a read from before the clear was cached"
+        );
+        cache.put(fresh, "h1".into(), key("k1"));
+        assert!(cache.get("h1").is_ok());
+    }
+
+    #[test]
+    fn key_cache_stays_bounded() {
+        let cache = KeyCache::default();
+        for i in 0..KeyCache::MAX_ENTRIES + 10 {
+            let generation = cache.get("x").expect_err("not cached");
+            cache.put(generation, format!("h{i}"), key(&format!("k{i}")));
+        }
+        assert!(cache.lock().keys.len() <= KeyCache::MAX_ENTRIES);
+        let last = KeyCache::MAX_ENTRIES + 9;
+        assert!(
+            cache.get(&format!("h{last}")).is_ok(),
+            "the newest key is kept"
+        );
+    }
 
     #[test]
     fn key_use_is_recorded_at_most_once_a_minute_per_key() {

@@ -68,6 +68,10 @@ struct Conn {
     remote: String,
 }
 
+/// Waiting reasons already worked out, by (team, worker id): see
+/// [`Hub::queued_status`].
+pub type WaitingReasons = HashMap<(String, String), (String, bool)>;
+
 /// What the hub remembers of an execution it handed to a connection.
 #[derive(Debug, Clone)]
 struct Held {
@@ -417,11 +421,16 @@ impl Hub {
     /// Computed when a run is read rather than written into every queued
     /// run when a worker fills up or frees a slot: under load that flips
     /// with every run, and rewrote the whole queue each time.
-    pub fn queued_status(&self, run: &Run) -> Option<StatusMessage> {
-        let (reason, waiting) = self.waiting(&run.team_id, &run.worker_host);
+    ///
+    /// `seen` keeps the answer per (team, worker id) for the runs of one
+    /// page: each answer looks at every connection.
+    pub fn queued_status(&self, run: &Run, seen: &mut WaitingReasons) -> Option<StatusMessage> {
+        let (reason, waiting) = seen
+            .entry((run.team_id.clone(), run.worker_host.clone()))
+            .or_insert_with(|| self.waiting(&run.team_id, &run.worker_host));
         match &run.status_message {
-            Some(stored) if !waiting => Some(stored.clone()),
-            _ => Some(StatusMessage::info(reason)),
+            Some(stored) if !*waiting => Some(stored.clone()),
+            _ => Some(StatusMessage::info(reason.clone())),
         }
     }
 
@@ -568,6 +577,10 @@ impl Hub {
                 && !self.reg().orphans.contains_key(&run.run_id)
             {
                 let why = "requeued: the worker did not answer the assignment";
+                // Still held until the requeue is known to have happened (a
+                // claim may win the race), but its log frames read the run
+                // from here on: the execution is about to be cleared.
+                self.unremember(&run.run_id);
                 if self.requeue(&run.run_id, why, &now()).await?.is_some() {
                     self.forget(&run.run_id);
                     self.wake();
@@ -655,6 +668,17 @@ impl Hub {
             self.wake();
         }
         Ok(run)
+    }
+
+    /// Keep holding the run, but forget the execution it was handed with:
+    /// its log frames read the run from the store again.
+    fn unremember(&self, run_id: &str) {
+        let mut reg = self.reg();
+        for c in reg.conns.values_mut() {
+            if let Some(held) = c.running.get_mut(run_id) {
+                *held = None;
+            }
+        }
     }
 
     /// Drop every in-memory trace of a run; frees the slot it held.
@@ -851,7 +875,10 @@ impl Hub {
                     "worker {worker_id:?} rejected the run ({}); waiting for a free slot",
                     r.reason
                 );
-                self.requeue(&r.task_id, why, &now_ts).await?;
+                // Released (and the connection marked full) before the run
+                // is queued again: the dispatcher, in another task, may hand
+                // it out as soon as the requeue commits, even to this
+                // connection once it has room.
                 {
                     let mut reg = self.reg();
                     if let Some(c) = reg.conns.get_mut(conn_id) {
@@ -859,6 +886,7 @@ impl Hub {
                         c.saturated = true;
                     }
                 }
+                self.requeue(&r.task_id, why, &now_ts).await?;
                 tracing::info!(run_id = %r.task_id, worker_id, reason = %r.reason, "run rejected; back in the queue");
                 self.wake();
             }
@@ -927,11 +955,14 @@ impl Hub {
 
     /// Where a log frame of `conn_id` for `run_id` goes, if the run exists
     /// and belongs to `team_id`. A run this process handed to the
-    /// connection is known without a read (a held run is in the
-    /// connection's team, and its execution cannot change while it is
-    /// held: every path that ends or requeues it releases it first); any
-    /// other run (adopted after a reconnect, or already released while late
-    /// lines arrive) is read from the store.
+    /// connection is known without a read: a held run is in the
+    /// connection's team, and its execution does not change while the hub
+    /// remembers it (a rejection releases the run before requeueing it, an
+    /// unanswered assignment is forgotten before it, and a run that ends is
+    /// released right after its terminal transition, while any frame in
+    /// between is still of that execution). Any other run (adopted after a
+    /// reconnect, or already released while late lines arrive) is read from
+    /// the store.
     async fn log_target(
         &self,
         conn_id: &str,

@@ -429,7 +429,7 @@ async fn auth_revoked_key_is_401_problem() {
             .await
             .unwrap()
     );
-    // Revoked behind the server's back (as `oz-server keys revoke` or a
+    // Revoked behind the server's back (as `oz-server api-key revoke` or a
     // replica does): the key it saw a moment ago is honoured for at most
     // the cache's lifetime.
     tokio::time::sleep(oz_server::auth::KeyCache::TTL + Duration::from_millis(50)).await;

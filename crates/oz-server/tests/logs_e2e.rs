@@ -406,6 +406,89 @@ async fn only_the_holding_connection_may_claim_or_finish_a_run() {
     assert!(page_lines(&v).is_empty(), "{v}");
 }
 
+/// A follow-up's execution handed to the same connection as the first one:
+/// the server remembers which execution it gave the connection, so the
+/// first execution's late lines are acknowledged but not stored, and the new
+/// execution's lines go after the first one's.
+#[tokio::test]
+async fn a_second_execution_on_the_same_connection_logs_after_the_first() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]).await;
+    let key = server.create_key("worker", "fake worker").await;
+    let mut w = FakeWorker::connect(&server, "w", &key).await;
+    let run_id = server.submit("p", Some("w")).await;
+    let claim = WorkerMessage::TaskClaimed(TaskClaimed {
+        task_id: run_id.clone(),
+        worker_id: "w".into(),
+    });
+    let exec1 = assignment(&mut w).await.execution_id;
+    w.send(&claim).await;
+    server.wait_running(&run_id).await;
+    w.send(&WorkerMessage::LogLines(LogLines {
+        task_id: run_id.clone(),
+        execution_id: exec1.clone(),
+        lines: vec![line(1, LogPhase::Agent, b"exec1 a")],
+    }))
+    .await;
+    assert_eq!(w.expect_ack(&run_id).await, 1);
+    w.send(&WorkerMessage::LogEnd(LogEnd {
+        task_id: run_id.clone(),
+        execution_id: exec1.clone(),
+        last_seq: 1,
+    }))
+    .await;
+    w.send(&completed(&run_id)).await;
+    let run = server.wait_terminal(&run_id, WAIT).await;
+    assert_eq!(run["state"], "SUCCEEDED", "{run}");
+
+    let r = server
+        .post(
+            &format!("/api/v1/agent/runs/{run_id}/followups"),
+            &serde_json::json!({"message": "again"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let exec2 = assignment(&mut w).await.execution_id;
+    assert_ne!(exec1, exec2);
+    w.send(&claim).await;
+    server.wait_running(&run_id).await;
+
+    // A line of the first execution that was still on its way.
+    w.send(&WorkerMessage::LogLines(LogLines {
+        task_id: run_id.clone(),
+        execution_id: exec1.clone(),
+        lines: vec![line(2, LogPhase::Agent, b"exec1 late")],
+    }))
+    .await;
+    assert_eq!(w.expect_ack(&run_id).await, 2, "acknowledged, so it drains");
+    w.send(&WorkerMessage::LogLines(LogLines {
+        task_id: run_id.clone(),
+        execution_id: exec2.clone(),
+        lines: vec![line(1, LogPhase::Agent, b"exec2 a")],
+    }))
+    .await;
+    assert_eq!(w.expect_ack(&run_id).await, 1, "in the worker's numbering");
+    w.send(&WorkerMessage::LogEnd(LogEnd {
+        task_id: run_id.clone(),
+        execution_id: exec2.clone(),
+        last_seq: 1,
+    }))
+    .await;
+    w.send(&completed(&run_id)).await;
+    let run = server.wait_terminal(&run_id, WAIT).await;
+    assert_eq!(run["state"], "SUCCEEDED", "{run}");
+    let v = server
+        .get(&format!("/api/v1/agent/runs/{run_id}/logs"))
+        .await
+        .json();
+    let texts: Vec<String> = page_lines(&v)
+        .iter()
+        .map(|l| String::from_utf8_lossy(&l.bytes()).into_owned())
+        .collect();
+    assert_eq!(texts, ["exec1 a", "exec2 a"]);
+    assert_eq!(v["complete"], true, "{v}");
+}
+
 /// A worker that lost a run (lease expired), then comes back after a
 /// follow-up started a new execution elsewhere: its late lines, log end and
 /// result change nothing of the new execution.

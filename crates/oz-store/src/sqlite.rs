@@ -46,7 +46,8 @@ use crate::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Read-only connections of a file database, for the reads that may take
-/// long (lists, log pages, sweeps) so they never hold up the main one.
+/// long (lists, log pages, artifact and attachment contents, the sweeps'
+/// searches) so they never hold up the main one.
 const READERS: u32 = 3;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -751,7 +752,7 @@ impl Store for SqliteStore {
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(team_id.to_owned())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db("list api keys"))?;
         rows.iter().map(key_from_row).collect()
@@ -1175,7 +1176,9 @@ impl Store for SqliteStore {
             "{p} AND state {states} \
              AND EXISTS (SELECT 1 FROM run_logs AS l WHERE l.run_id = runs.run_id)"
         ));
-        let rows = sql.fetch_all(&self.pool, "find runs with old logs").await?;
+        let rows = sql
+            .fetch_all(&self.readers, "find runs with old logs")
+            .await?;
         let mut deleted = 0;
         // One run per statement, so that no single write holds the lock long.
         for row in rows {

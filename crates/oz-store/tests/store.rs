@@ -1058,6 +1058,49 @@ stories!(
 
 // SQLite-specific tests.
 
+/// Two stores on one file (two server processes, or replicas) handing out
+/// one queue at once: every run goes to exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn assign_next_across_two_stores_on_one_file_hands_each_run_out_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oz.db");
+    let a = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let b = Arc::new(SqliteStore::open(&path).await.unwrap());
+    a.create_team("t", "T", &at(0)).await.unwrap();
+    const RUNS: usize = 40;
+    for i in 0..RUNS {
+        let mut nr = new_run(&format!("r{i:02}"), "t", &at(i as i64));
+        nr.worker_host = "w".into();
+        a.insert_run(nr).await.unwrap();
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s: Arc<dyn Store> = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut got = Vec::new();
+            let patch = || RunPatch {
+                holder: Some(Some(format!("d{i}"))),
+                ..RunPatch::default()
+            };
+            while let Some(run) = s.assign_next("t", "w", patch(), &at(100)).await.unwrap() {
+                assert_eq!(run.holder, Some(format!("d{i}")));
+                got.push(run.run_id);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let expected: Vec<String> = (0..RUNS).map(|i| format!("r{i:02}")).collect();
+    assert_eq!(all, expected, "each run handed out exactly once");
+}
+
 #[tokio::test]
 async fn reopen_file_keeps_data() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, ApiResult};
-use crate::hub::Hub;
+use crate::hub::{Hub, WaitingReasons};
 use crate::state::AppState;
 
 const MAX_METADATA_KEYS: usize = 20;
@@ -443,7 +443,7 @@ pub async fn get(
     Path(run_id): Path<String>,
 ) -> ApiResult<Json<RunItem>> {
     let run = visible_run(&state, &principal, &run_id).await?;
-    Ok(Json(run_item(&state.hub, &run)))
+    Ok(Json(run_item(&state.hub, &run, &mut WaitingReasons::new())))
 }
 
 pub async fn cancel(
@@ -587,7 +587,11 @@ pub async fn report(
             current = run;
         }
     }
-    Ok(Json(run_item(&state.hub, &current)))
+    Ok(Json(run_item(
+        &state.hub,
+        &current,
+        &mut WaitingReasons::new(),
+    )))
 }
 
 /// An artifact as `RunItem.artifacts` holds it: a known `artifact_type`, a
@@ -640,7 +644,7 @@ fn validate_artifact(mut a: Value, now: &str) -> ApiResult<Value> {
 
 /// The API's view of a run. A QUEUED run's status says why it waits now
 /// (see [`crate::hub::Hub::queued_status`]).
-pub fn run_item(hub: &Hub, run: &Run) -> RunItem {
+pub fn run_item(hub: &Hub, run: &Run, seen: &mut WaitingReasons) -> RunItem {
     RunItem {
         run_id: run.run_id.clone(),
         task_id: run.run_id.clone(),
@@ -663,7 +667,7 @@ pub fn run_item(hub: &Hub, run: &Run) -> RunItem {
         }),
         source: Some(run.source.clone()),
         status_message: match run.state {
-            RunState::Queued => hub.queued_status(run),
+            RunState::Queued => hub.queued_status(run, seen),
             _ => run.status_message.clone(),
         },
         agent_skill: run.skill_spec.as_deref().map(agent_skill),
@@ -886,7 +890,12 @@ pub async fn list(
         None
     };
     Ok(Json(RunList {
-        runs: runs.iter().map(|r| run_item(&state.hub, r)).collect(),
+        runs: {
+            let mut seen = WaitingReasons::new();
+            runs.iter()
+                .map(|r| run_item(&state.hub, r, &mut seen))
+                .collect()
+        },
         page_info: PageInfo {
             has_next_page: has_next,
             next_cursor,

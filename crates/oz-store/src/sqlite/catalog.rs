@@ -327,7 +327,7 @@ impl Catalog for SqliteStore {
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(team_id.to_owned())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db("list schedules"))?;
         rows.iter().map(schedule_from_row).collect()
@@ -468,7 +468,7 @@ impl Catalog for SqliteStore {
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(team_id.to_owned())
             .bind(factory_uid.map(str::to_owned))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db("list agents"))?;
         rows.iter().map(agent_from_row).collect()
@@ -546,7 +546,7 @@ impl Catalog for SqliteStore {
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(team_id.to_owned())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db("list environments"))?;
         rows.iter().map(environment_from_row).collect()
@@ -570,7 +570,7 @@ impl Catalog for SqliteStore {
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(uid.to_owned())
             .bind(team_id.to_owned())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db("last run in environment"))?;
         rows.first().map(run_from_row).transpose()
@@ -640,7 +640,7 @@ impl Catalog for SqliteStore {
     async fn artifact_content(&self, uid: &str) -> Result<Option<Vec<u8>>> {
         sqlx::query_scalar("SELECT content FROM artifacts WHERE uid = $1")
             .bind(uid.to_owned())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(db("read artifact"))
     }
@@ -675,7 +675,7 @@ impl Catalog for SqliteStore {
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(run_id.to_owned())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db("list handoff attachments"))?;
         rows.iter().map(handoff_from_row).collect()
@@ -685,7 +685,7 @@ impl Catalog for SqliteStore {
         sqlx::query_scalar("SELECT content FROM handoff_attachments WHERE run_id = $1 AND id = $2")
             .bind(run_id.to_owned())
             .bind(id.to_owned())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(db("read handoff attachment"))
     }
@@ -796,7 +796,7 @@ impl Catalog for SqliteStore {
             terminal_list()
         );
         sqlx::query_scalar(AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db("runs awaiting follow-ups"))
     }
@@ -807,7 +807,7 @@ impl Catalog for SqliteStore {
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(run_id.to_owned())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db("list follow-ups"))?;
         rows.iter().map(followup_from_row).collect()
