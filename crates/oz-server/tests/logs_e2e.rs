@@ -350,6 +350,43 @@ fn completed(run_id: &str) -> WorkerMessage {
     })
 }
 
+fn claimed(run_id: &str) -> WorkerMessage {
+    WorkerMessage::TaskClaimed(TaskClaimed {
+        task_id: run_id.to_owned(),
+        worker_id: "w".into(),
+    })
+}
+
+/// One agent line of an execution.
+fn exec_line(run_id: &str, execution_id: &Option<String>, seq: u64, text: &str) -> WorkerMessage {
+    WorkerMessage::LogLines(LogLines {
+        task_id: run_id.to_owned(),
+        execution_id: execution_id.clone(),
+        lines: vec![line(seq, LogPhase::Agent, text.as_bytes())],
+    })
+}
+
+fn exec_end(run_id: &str, execution_id: &Option<String>, last_seq: u64) -> WorkerMessage {
+    WorkerMessage::LogEnd(LogEnd {
+        task_id: run_id.to_owned(),
+        execution_id: execution_id.clone(),
+        last_seq,
+    })
+}
+
+/// The run's stored log: its lines as text, and whether it is complete.
+async fn stored_log(server: &Server, run_id: &str) -> (Vec<String>, Value) {
+    let v = server
+        .get(&format!("/api/v1/agent/runs/{run_id}/logs"))
+        .await
+        .json();
+    let texts = page_lines(&v)
+        .iter()
+        .map(|l| String::from_utf8_lossy(&l.bytes()).into_owned())
+        .collect();
+    (texts, v["complete"].clone())
+}
+
 /// Claims and results count only from the connection that holds the run:
 /// another connection (here of the same team; another team's can never
 /// hold it either) cannot claim, finish or adopt it.
@@ -417,26 +454,12 @@ async fn a_second_execution_on_the_same_connection_logs_after_the_first() {
     let key = server.create_key("worker", "fake worker").await;
     let mut w = FakeWorker::connect(&server, "w", &key).await;
     let run_id = server.submit("p", Some("w")).await;
-    let claim = WorkerMessage::TaskClaimed(TaskClaimed {
-        task_id: run_id.clone(),
-        worker_id: "w".into(),
-    });
     let exec1 = assignment(&mut w).await.execution_id;
-    w.send(&claim).await;
+    w.send(&claimed(&run_id)).await;
     server.wait_running(&run_id).await;
-    w.send(&WorkerMessage::LogLines(LogLines {
-        task_id: run_id.clone(),
-        execution_id: exec1.clone(),
-        lines: vec![line(1, LogPhase::Agent, b"exec1 a")],
-    }))
-    .await;
+    w.send(&exec_line(&run_id, &exec1, 1, "exec1 a")).await;
     assert_eq!(w.expect_ack(&run_id).await, 1);
-    w.send(&WorkerMessage::LogEnd(LogEnd {
-        task_id: run_id.clone(),
-        execution_id: exec1.clone(),
-        last_seq: 1,
-    }))
-    .await;
+    w.send(&exec_end(&run_id, &exec1, 1)).await;
     w.send(&completed(&run_id)).await;
     let run = server.wait_terminal(&run_id, WAIT).await;
     assert_eq!(run["state"], "SUCCEEDED", "{run}");
@@ -450,43 +473,21 @@ async fn a_second_execution_on_the_same_connection_logs_after_the_first() {
     assert_eq!(r.status, 200, "{}", r.body);
     let exec2 = assignment(&mut w).await.execution_id;
     assert_ne!(exec1, exec2);
-    w.send(&claim).await;
+    w.send(&claimed(&run_id)).await;
     server.wait_running(&run_id).await;
 
     // A line of the first execution that was still on its way.
-    w.send(&WorkerMessage::LogLines(LogLines {
-        task_id: run_id.clone(),
-        execution_id: exec1.clone(),
-        lines: vec![line(2, LogPhase::Agent, b"exec1 late")],
-    }))
-    .await;
+    w.send(&exec_line(&run_id, &exec1, 2, "exec1 late")).await;
     assert_eq!(w.expect_ack(&run_id).await, 2, "acknowledged, so it drains");
-    w.send(&WorkerMessage::LogLines(LogLines {
-        task_id: run_id.clone(),
-        execution_id: exec2.clone(),
-        lines: vec![line(1, LogPhase::Agent, b"exec2 a")],
-    }))
-    .await;
+    w.send(&exec_line(&run_id, &exec2, 1, "exec2 a")).await;
     assert_eq!(w.expect_ack(&run_id).await, 1, "in the worker's numbering");
-    w.send(&WorkerMessage::LogEnd(LogEnd {
-        task_id: run_id.clone(),
-        execution_id: exec2.clone(),
-        last_seq: 1,
-    }))
-    .await;
+    w.send(&exec_end(&run_id, &exec2, 1)).await;
     w.send(&completed(&run_id)).await;
     let run = server.wait_terminal(&run_id, WAIT).await;
     assert_eq!(run["state"], "SUCCEEDED", "{run}");
-    let v = server
-        .get(&format!("/api/v1/agent/runs/{run_id}/logs"))
-        .await
-        .json();
-    let texts: Vec<String> = page_lines(&v)
-        .iter()
-        .map(|l| String::from_utf8_lossy(&l.bytes()).into_owned())
-        .collect();
+    let (texts, complete) = stored_log(&server, &run_id).await;
     assert_eq!(texts, ["exec1 a", "exec2 a"]);
-    assert_eq!(v["complete"], true, "{v}");
+    assert_eq!(complete, true);
 }
 
 /// A worker that lost a run (lease expired), then comes back after a
@@ -500,20 +501,9 @@ async fn a_past_execution_cannot_touch_the_follow_up_execution() {
     let mut first = FakeWorker::connect(&server, "w", &key).await;
     let run_id = server.submit("p", Some("w")).await;
     let exec1 = assignment(&mut first).await.execution_id;
-    first
-        .send(&WorkerMessage::TaskClaimed(TaskClaimed {
-            task_id: run_id.clone(),
-            worker_id: "w".into(),
-        }))
-        .await;
+    first.send(&claimed(&run_id)).await;
     server.wait_running(&run_id).await;
-    first
-        .send(&WorkerMessage::LogLines(LogLines {
-            task_id: run_id.clone(),
-            execution_id: exec1.clone(),
-            lines: vec![line(1, LogPhase::Agent, b"exec1 a")],
-        }))
-        .await;
+    first.send(&exec_line(&run_id, &exec1, 1, "exec1 a")).await;
     assert_eq!(first.expect_ack(&run_id).await, 1);
     drop(first);
     let lost = server.wait_terminal(&run_id, WAIT).await;
@@ -530,68 +520,34 @@ async fn a_past_execution_cannot_touch_the_follow_up_execution() {
     let mut second = FakeWorker::connect(&server, "w", &key).await;
     let exec2 = assignment(&mut second).await.execution_id;
     assert_ne!(exec1, exec2);
-    second
-        .send(&WorkerMessage::TaskClaimed(TaskClaimed {
-            task_id: run_id.clone(),
-            worker_id: "w".into(),
-        }))
-        .await;
+    second.send(&claimed(&run_id)).await;
     server.wait_running(&run_id).await;
 
     // The first worker is back with what it had left.
     let mut late = FakeWorker::connect(&server, "w", &key).await;
     let _ = late.recv().await; // hello
-    late.send(&WorkerMessage::LogLines(LogLines {
-        task_id: run_id.clone(),
-        execution_id: exec1.clone(),
-        lines: vec![line(2, LogPhase::Agent, b"exec1 b")],
-    }))
-    .await;
+    late.send(&exec_line(&run_id, &exec1, 2, "exec1 b")).await;
     assert_eq!(
         late.expect_ack(&run_id).await,
         2,
         "acknowledged, so it drains"
     );
-    late.send(&WorkerMessage::LogEnd(LogEnd {
-        task_id: run_id.clone(),
-        execution_id: exec1.clone(),
-        last_seq: 2,
-    }))
-    .await;
+    late.send(&exec_end(&run_id, &exec1, 2)).await;
     late.send(&completed(&run_id)).await;
 
     // The new execution goes on and ends on its own terms.
-    second
-        .send(&WorkerMessage::LogLines(LogLines {
-            task_id: run_id.clone(),
-            execution_id: exec2.clone(),
-            lines: vec![line(1, LogPhase::Agent, b"exec2 a")],
-        }))
-        .await;
+    second.send(&exec_line(&run_id, &exec2, 1, "exec2 a")).await;
     assert_eq!(second.expect_ack(&run_id).await, 1);
     let run = server.run(&run_id).await;
     assert_eq!(
         run["state"], "CLAIMED",
         "the late result changed nothing: {run}"
     );
-    second
-        .send(&WorkerMessage::LogEnd(LogEnd {
-            task_id: run_id.clone(),
-            execution_id: exec2.clone(),
-            last_seq: 1,
-        }))
-        .await;
+    second.send(&exec_end(&run_id, &exec2, 1)).await;
     second.send(&completed(&run_id)).await;
     let run = server.wait_terminal(&run_id, WAIT).await;
     assert_eq!(run["state"], "SUCCEEDED", "{run}");
-    let v = server
-        .get(&format!("/api/v1/agent/runs/{run_id}/logs"))
-        .await
-        .json();
-    let texts: Vec<String> = page_lines(&v)
-        .iter()
-        .map(|l| String::from_utf8_lossy(&l.bytes()).into_owned())
-        .collect();
+    let (texts, complete) = stored_log(&server, &run_id).await;
     assert_eq!(texts, ["exec1 a", "exec2 a"]);
-    assert_eq!(v["complete"], true, "{v}");
+    assert_eq!(complete, true);
 }
