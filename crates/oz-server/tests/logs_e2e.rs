@@ -374,6 +374,17 @@ fn exec_end(run_id: &str, execution_id: &Option<String>, last_seq: u64) -> Worke
     })
 }
 
+/// Ask for a follow-up of an ended run: it is queued as a new execution.
+async fn follow_up(server: &Server, run_id: &str) {
+    let r = server
+        .post(
+            &format!("/api/v1/agent/runs/{run_id}/followups"),
+            &serde_json::json!({"message": "again"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 /// The run's stored log: its lines as text, and whether it is complete.
 async fn stored_log(server: &Server, run_id: &str) -> (Vec<String>, Value) {
     let v = server
@@ -464,13 +475,7 @@ async fn a_second_execution_on_the_same_connection_logs_after_the_first() {
     let run = server.wait_terminal(&run_id, WAIT).await;
     assert_eq!(run["state"], "SUCCEEDED", "{run}");
 
-    let r = server
-        .post(
-            &format!("/api/v1/agent/runs/{run_id}/followups"),
-            &serde_json::json!({"message": "again"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    follow_up(&server, &run_id).await;
     let exec2 = assignment(&mut w).await.execution_id;
     assert_ne!(exec1, exec2);
     w.send(&claimed(&run_id)).await;
@@ -510,13 +515,7 @@ async fn a_past_execution_cannot_touch_the_follow_up_execution() {
     assert_eq!(lost["state"], "ERROR", "{lost}");
 
     // A follow-up: a new execution on another connection.
-    let r = server
-        .post(
-            &format!("/api/v1/agent/runs/{run_id}/followups"),
-            &serde_json::json!({"message": "again"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    follow_up(&server, &run_id).await;
     let mut second = FakeWorker::connect(&server, "w", &key).await;
     let exec2 = assignment(&mut second).await.execution_id;
     assert_ne!(exec1, exec2);
