@@ -50,6 +50,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// searches) so they never hold up the main one.
 const READERS: u32 = 3;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Log lines deleted per statement by the retention sweep.
+const LOG_DELETE_CHUNK: i64 = 5_000;
 
 /// Columns of `runs`, selected or returned by every run query; rows are
 /// read by column name in [`run_from_row`].
@@ -1180,21 +1182,33 @@ impl Store for SqliteStore {
             .fetch_all(&self.readers, "find runs with old logs")
             .await?;
         let mut deleted = 0;
-        // One run per statement, so that no single write holds the lock long.
+        // At most LOG_DELETE_CHUNK lines per statement, so that no single
+        // write holds the main connection (and the write lock) for long: a
+        // run with millions of lines would otherwise stall every request.
         for row in rows {
             let run_id: String = row
                 .try_get("run_id")
                 .map_err(db("find runs with old logs"))?;
-            // Checked again: a follow-up may have queued the run since.
-            let mut sql = Sql::new("DELETE FROM run_logs WHERE run_id = ");
-            let r = sql.arg(run_id);
-            let t = sql.arg(ts.to_owned());
-            let states = sql.states_in(&terminal_states());
-            sql.push(&format!(
-                "{r} AND EXISTS (SELECT 1 FROM runs WHERE run_id = {r} \
-                 AND ended_at IS NOT NULL AND ended_at < {t} AND state {states})"
-            ));
-            deleted += sql.execute(&self.pool, "delete logs").await?;
+            loop {
+                // Checked again each time: a follow-up may have queued the
+                // run since.
+                let mut sql = Sql::new("DELETE FROM run_logs WHERE run_id = ");
+                let r = sql.arg(run_id.clone());
+                let t = sql.arg(ts.to_owned());
+                let states = sql.states_in(&terminal_states());
+                let n = sql.int_arg(LOG_DELETE_CHUNK);
+                sql.push(&format!(
+                    "{r} AND seq IN (SELECT seq FROM run_logs WHERE run_id = {r} \
+                     ORDER BY seq LIMIT {n}) \
+                     AND EXISTS (SELECT 1 FROM runs WHERE run_id = {r} \
+                     AND ended_at IS NOT NULL AND ended_at < {t} AND state {states})"
+                ));
+                let done = sql.execute(&self.pool, "delete logs").await?;
+                deleted += done;
+                if done < LOG_DELETE_CHUNK as u64 {
+                    break;
+                }
+            }
         }
         Ok(deleted)
     }

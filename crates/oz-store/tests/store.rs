@@ -1468,6 +1468,32 @@ mod log_story {
         assert_eq!(s.read_logs(&all("live")).await.unwrap().len(), 4);
     }
 
+    /// A run with more lines than one delete statement takes (the sweep
+    /// deletes in chunks so that it never holds the database long).
+    pub async fn retention_deletes_a_long_log_completely(s: Arc<dyn Store>) {
+        setup(&s, &["long"]).await;
+        const N: u64 = 12_345;
+        for start in (1..=N).step_by(1_000) {
+            let end = (start + 999).min(N);
+            s.append_logs("long", &lines(start..=end)).await.unwrap();
+        }
+        s.transition(
+            "long",
+            &[RunState::Queued],
+            RunState::Succeeded,
+            RunPatch {
+                ended_at: Some(Some(at(10))),
+                ..RunPatch::default()
+            },
+            &at(10),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.delete_logs_ended_before(&at(50)).await.unwrap(), N);
+        assert_eq!(s.max_log_seq("long").await.unwrap(), None);
+    }
+
     pub async fn concurrent_overlapping_appends_store_each_line_once(s: Arc<dyn Store>) {
         setup(&s, &["r"]).await;
         // 8 writers send overlapping windows of 1..=200 in batches, twice.
@@ -1531,6 +1557,7 @@ log_stories!(
     bad_batches_store_nothing,
     log_end_is_kept_on_the_run,
     retention_deletes_logs_of_runs_that_ended_long_ago,
+    retention_deletes_a_long_log_completely,
     concurrent_overlapping_appends_store_each_line_once,
 );
 
