@@ -683,3 +683,40 @@ async fn agent_api_base_url_uses_the_bound_port() {
         .expect("agent OZ_API_BASE_URL");
     assert_eq!(base, format!("{}/api/v1", server.url()));
 }
+
+/// `--threads` (or `threads:` in the config file) sizes the server's
+/// runtime: several threads serve a run end to end like the default single
+/// one on a small machine, and an impossible count is refused at startup.
+#[tokio::test]
+async fn threads_setting_sizes_the_runtime() {
+    let sb = Sandbox::new();
+    for bad in ["0", "1025", "many"] {
+        let out = tokio::process::Command::new(e2e_support::server_bin())
+            .args(["--threads", bad, "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(sb.data_dir())
+            .env_remove("OZ_CONFIG")
+            .env_remove("OZ_THREADS")
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "--threads {bad} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("threads"), "--threads {bad}: {err}");
+    }
+
+    let mut server = Server::start(&sb, &["--threads", "3"]).await;
+    assert!(server.log().contains("threads=3"), "{}", server.log());
+    let key = server.admin_key.clone();
+    let w = Worker::spawn(&sb, &server.url(), WorkerSpec::new("mt", &key));
+    let id = server.submit("on three threads", Some("mt")).await;
+    assert_succeeded(&server.wait_terminal(&id, WAIT).await);
+    drop(w);
+    server.stop().await;
+
+    let config = sb.path().join("server.yaml");
+    std::fs::write(&config, "threads: 2\n").unwrap();
+    let config = config.display().to_string();
+    let mut server = Server::start(&sb, &["--config", &config]).await;
+    assert!(server.log().contains("threads=2"), "{}", server.log());
+    server.stop().await;
+}

@@ -358,6 +358,7 @@ impl Server {
             .env_remove("OZ_QUEUE_TIMEOUT")
             .env_remove("OZ_PUBLIC_URL")
             .env_remove("OZ_CONFIG")
+            .env_remove("OZ_THREADS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(file))
