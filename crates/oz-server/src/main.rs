@@ -175,8 +175,8 @@ const MAX_THREADS: usize = 1024;
 /// The default number of runtime threads. On one or two CPUs, a single
 /// thread: the server shares them with its SQLite connection thread (and
 /// often with a worker and its agents), and a second runtime thread mostly
-/// added wake-ups between threads (bench/REPORT.md: a quarter less server
-/// CPU per run, a fifth more runs per second, with one).
+/// added wake-ups between threads (bench/REPORT.md: about a tenth less
+/// server CPU per run with one, runs per second unchanged).
 fn default_threads() -> usize {
     match std::thread::available_parallelism().map(usize::from) {
         Ok(n) if n > 2 => n,
