@@ -380,7 +380,11 @@ async fn serve(r: Resolved) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     let state = oz_server::state(store, r.settings.clone(), shutdown.clone()).await?;
-    tokio::spawn(stop_on_signal(shutdown));
+    // Installed before the address is announced: a SIGTERM that arrives
+    // once a supervisor (or a test) knows we are up must stop us cleanly,
+    // not kill us with the default action before a task first runs.
+    let signals = shutdown_signals().context("cannot install the SIGTERM and SIGINT handlers")?;
+    tokio::spawn(stop_on_signal(signals, shutdown));
     tracing::info!(
         listen = %local,
         public_url = %r.settings.public_url,
@@ -401,15 +405,17 @@ async fn serve(r: Resolved) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stop_on_signal(stop: CancellationToken) {
+type ShutdownSignals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+fn shutdown_signals() -> std::io::Result<ShutdownSignals> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+    Ok((
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    ))
+}
+
+async fn stop_on_signal((mut term, mut int): ShutdownSignals, stop: CancellationToken) {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
