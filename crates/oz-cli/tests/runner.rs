@@ -891,6 +891,42 @@ fn entry<'a>(artifacts: &'a [Value], kind: &str, filepath: Option<&str>) -> &'a 
 
 const PLAN: &str = "# Plan\n\n1. Fix the bug\n";
 
+/// A claimed run (with `execution`, or none) whose command harness runs
+/// `script` under `oz agent run` in managed mode.
+async fn managed_command_run(
+    sb: &Sandbox,
+    srv: &Server,
+    script: &str,
+    execution: Option<&str>,
+) -> (String, Output) {
+    let (id, token) = srv
+        .claimed_run_in(
+            script,
+            json!({ "worker_host": "w1", "harness": { "type": "command" } }),
+            execution,
+        )
+        .await;
+    let out = sb
+        .run_cmd(managed_command(
+            sb,
+            srv,
+            &id,
+            &token,
+            &["--harness", "command"],
+        ))
+        .await;
+    (id, out)
+}
+
+/// `GET /agent/artifacts/{uid}` of an artifact entry of a run.
+async fn artifact(srv: &Server, entry: &Value) -> Value {
+    let uid = entry["data"]["artifact_uid"].as_str().expect("uid");
+    srv.admin
+        .get(&format!("/agent/artifacts/{uid}"))
+        .await
+        .expect("get artifact")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_run_uploads_artifacts_and_handoff_files() {
     let srv = server().await;
@@ -906,21 +942,7 @@ printf '\211PNG\r\n\032\n\377' > "$OZ_ARTIFACTS_DIR/screenshots/home.png"
 printf 'diff --git a/x b/x\n' > "$OZ_HANDOFF_DIR/snapshot.patch"
 exit 5
 "#;
-    let (id, token) = srv
-        .claimed_run(
-            script,
-            json!({ "worker_host": "w1", "harness": { "type": "command" } }),
-        )
-        .await;
-    let out = sb
-        .run_cmd(managed_command(
-            &sb,
-            &srv,
-            &id,
-            &token,
-            &["--harness", "command"],
-        ))
-        .await;
+    let (id, out) = managed_command_run(&sb, &srv, script, Some("exec-1")).await;
     // A failed harness still has its files uploaded, and keeps its status.
     assert_eq!(code(&out), 5, "{}", stderr(&out));
     let err = stderr(&out);
@@ -961,35 +983,19 @@ exit 5
         assert_eq!(e["data"]["filename"], filename, "{e}");
         assert_eq!(e["data"]["mime_type"], mime, "{e}");
         assert_eq!(e["data"]["size_bytes"], content.len(), "{e}");
-        let uid = e["data"]["artifact_uid"].as_str().expect("uid");
-        let got: Value = srv
-            .admin
-            .get(&format!("/agent/artifacts/{uid}"))
-            .await
-            .expect("get artifact");
+        let got = artifact(&srv, e).await;
         assert_eq!(got["data"]["filepath"], filepath, "{got}");
         let url = got["data"]["download_url"].as_str().expect("download_url");
         assert_eq!(fetch_without_key(url).await, content, "{filepath}");
     }
 
-    let plan = entry(&artifacts, "PLAN", None);
-    let uid = plan["data"]["artifact_uid"].as_str().expect("uid");
-    let got: Value = srv
-        .admin
-        .get(&format!("/agent/artifacts/{uid}"))
-        .await
-        .expect("get plan");
+    let got = artifact(&srv, entry(&artifacts, "PLAN", None)).await;
     assert_eq!(got["data"]["content"], PLAN, "{got}");
     assert_eq!(got["data"]["content_type"], "text/markdown", "{got}");
 
     let shot = entry(&artifacts, "SCREENSHOT", None);
     assert_eq!(shot["data"]["mime_type"], "image/png", "{shot}");
-    let uid = shot["data"]["artifact_uid"].as_str().expect("uid");
-    let got: Value = srv
-        .admin
-        .get(&format!("/agent/artifacts/{uid}"))
-        .await
-        .expect("get screenshot");
+    let got = artifact(&srv, shot).await;
     let url = got["data"]["download_url"].as_str().expect("download_url");
     assert_eq!(fetch_without_key(url).await, b"\x89PNG\r\n\x1a\n\xff");
 
@@ -1034,22 +1040,7 @@ ln -s /etc/hostname "$OZ_ARTIFACTS_DIR/link.txt"
 printf 'x' > "$OZ_HANDOFF_DIR/state.patch"
 "#;
     // No execution: the server refuses handoff files (409).
-    let (id, token) = srv
-        .claimed_run_in(
-            script,
-            json!({ "worker_host": "w1", "harness": { "type": "command" } }),
-            None,
-        )
-        .await;
-    let out = sb
-        .run_cmd(managed_command(
-            &sb,
-            &srv,
-            &id,
-            &token,
-            &["--harness", "command"],
-        ))
-        .await;
+    let (id, out) = managed_command_run(&sb, &srv, script, None).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
