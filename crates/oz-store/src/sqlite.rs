@@ -178,6 +178,16 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// A write transaction on the main connection. IMMEDIATE: it takes the
+    /// write lock up front (waiting on `busy_timeout`) rather than failing
+    /// to upgrade a read lock half way.
+    async fn write_tx(&self, op: &'static str) -> Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db(op))
+    }
+
     /// Closes every connection; further calls fail.
     pub async fn close(&self) {
         self.readers.close().await;
@@ -1083,13 +1093,7 @@ impl Store for SqliteStore {
             rows.push((l, seq_to_db(l.seq)?, gap));
         }
         let op = "append logs";
-        // IMMEDIATE: take the write lock up front (waiting on busy_timeout)
-        // rather than failing to upgrade a read lock half way.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db(op))?;
+        let mut tx = self.write_tx(op).await?;
         // Many rows per statement: per-statement overhead, not SQLite,
         // dominated ingestion with one INSERT per line.
         let mut inserted = 0;

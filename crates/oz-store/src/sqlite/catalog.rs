@@ -274,6 +274,44 @@ fn conflict_or(op: &'static str, what: String) -> impl FnOnce(sqlx::Error) -> St
     }
 }
 
+/// How waiting follow-ups go to a run's next execution.
+#[derive(Clone, Copy)]
+enum Give {
+    /// The run ended: queue it again for a new execution.
+    Requeue,
+    /// The run is queued: its next execution carries them.
+    Fold,
+}
+
+impl SqliteStore {
+    /// Give the run's waiting follow-ups to its next execution, in one
+    /// transaction, if the run still has some and is in the state `how`
+    /// needs (ended and not cancelled; or queued).
+    async fn give_followups(&self, run_id: &str, now: &str, how: Give) -> Result<Option<Run>> {
+        let op = match how {
+            Give::Requeue => "requeue for follow-ups",
+            Give::Fold => "fold follow-ups",
+        };
+        let mut tx = self.write_tx(op).await?;
+        let Some(run) = run_on(&mut tx, run_id).await? else {
+            return Ok(None);
+        };
+        let ready = match how {
+            Give::Requeue => run.state.is_terminal() && run.cancel_requested_at.is_none(),
+            Give::Fold => run.state == RunState::Queued,
+        };
+        if !ready || run.pending_followups == 0 {
+            return Ok(None);
+        }
+        let run = match how {
+            Give::Requeue => requeue_on(&mut tx, &run, now).await?,
+            Give::Fold => fold_on(&mut tx, &run, now).await?,
+        };
+        tx.commit().await.map_err(db(op))?;
+        Ok(run)
+    }
+}
+
 #[async_trait]
 impl Catalog for SqliteStore {
     async fn insert_schedule(&self, s: Schedule) -> Result<Schedule> {
@@ -397,11 +435,7 @@ impl Catalog for SqliteStore {
 
     async fn fire_schedule(&self, f: Firing) -> Result<Option<Option<Run>>> {
         let op = "fire schedule";
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db(op))?;
+        let mut tx = self.write_tx(op).await?;
         // The claim: only the replica that moves next_run from the value it
         // saw gets to create the run.
         let claimed = sqlx::query(
@@ -584,11 +618,7 @@ impl Catalog for SqliteStore {
         now: &str,
     ) -> Result<Option<Run>> {
         let op = "insert artifact";
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db(op))?;
+        let mut tx = self.write_tx(op).await?;
         let sql = format!(
             "UPDATE runs SET artifacts = json_insert(artifacts, '$[#]', json($1)), \
              updated_at = $2 WHERE run_id = $3 RETURNING {RUN_COLUMNS}"
@@ -692,11 +722,7 @@ impl Catalog for SqliteStore {
 
     async fn add_followup(&self, f: NewFollowup) -> Result<Option<(Followup, Run)>> {
         let op = "add follow-up";
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db(op))?;
+        let mut tx = self.write_tx(op).await?;
         let Some(run) = run_on(&mut tx, &f.run_id).await? else {
             return Ok(None);
         };
@@ -751,42 +777,11 @@ impl Catalog for SqliteStore {
     }
 
     async fn requeue_for_followups(&self, run_id: &str, now: &str) -> Result<Option<Run>> {
-        let op = "requeue for follow-ups";
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db(op))?;
-        let Some(run) = run_on(&mut tx, run_id).await? else {
-            return Ok(None);
-        };
-        if !run.state.is_terminal()
-            || run.pending_followups == 0
-            || run.cancel_requested_at.is_some()
-        {
-            return Ok(None);
-        }
-        let run = requeue_on(&mut tx, &run, now).await?;
-        tx.commit().await.map_err(db(op))?;
-        Ok(run)
+        self.give_followups(run_id, now, Give::Requeue).await
     }
 
     async fn fold_followups(&self, run_id: &str, now: &str) -> Result<Option<Run>> {
-        let op = "fold follow-ups";
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db(op))?;
-        let Some(run) = run_on(&mut tx, run_id).await? else {
-            return Ok(None);
-        };
-        if run.state != RunState::Queued || run.pending_followups == 0 {
-            return Ok(None);
-        }
-        let run = fold_on(&mut tx, &run, now).await?;
-        tx.commit().await.map_err(db(op))?;
-        Ok(run)
+        self.give_followups(run_id, now, Give::Fold).await
     }
 
     async fn runs_awaiting_followups(&self) -> Result<Vec<String>> {
