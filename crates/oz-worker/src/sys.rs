@@ -595,6 +595,13 @@ mod tests {
         assert!(process_start_time(me).is_some());
     }
 
+    /// `/bin/sh -c script` carrying the task marker, as a hook would.
+    fn marked_sh(marker: &Marker, script: &str) -> Command {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script).env(MARKER_VAR, marker.as_str());
+        cmd
+    }
+
     #[tokio::test]
     async fn timeout_kills_the_whole_group_including_setsid_escapees() {
         let marker = Marker::new(format!("test-{}", std::process::id()));
@@ -606,8 +613,7 @@ mod tests {
             "sleep 300 & echo $! > {p}; setsid sleep 301 & echo $! >> {p}; wait",
             p = pidfile.display()
         );
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg(script).env(MARKER_VAR, marker.as_str());
+        let cmd = marked_sh(&marker, &script);
         let tokens = StopTokens::default();
         let out = run_supervised(
             cmd,
@@ -661,8 +667,7 @@ mod tests {
             "(setsid sleep 303 & echo $! > {p}) ; exit 0",
             p = pidfile.display()
         );
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg(script).env(MARKER_VAR, marker.as_str());
+        let cmd = marked_sh(&marker, &script);
         let tokens = StopTokens::default();
         let out = run_supervised(cmd, &marker, None, &tokens, Duration::from_secs(2), |_| {})
             .await
