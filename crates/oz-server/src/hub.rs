@@ -72,18 +72,22 @@ struct Conn {
 /// [`Hub::queued_status`].
 pub type WaitingReasons = HashMap<(String, String), (String, bool)>;
 
-/// What the hub remembers of an execution it handed to a connection.
+/// An execution of a run as log frames need it: its id and the seq its
+/// lines are stored after. The hub remembers it for the runs it hands out,
+/// and reads it from the run otherwise.
 #[derive(Debug, Clone)]
 struct Held {
     execution_id: Option<String>,
     log_seq_base: u64,
 }
 
-/// Where a log frame's lines go: the run's current execution and the seq
-/// its lines are stored after.
-struct LogTarget {
-    execution_id: Option<String>,
-    log_seq_base: u64,
+impl Held {
+    fn of(run: &Run) -> Self {
+        Held {
+            execution_id: run.execution_id.clone(),
+            log_seq_base: run.log_seq_base,
+        }
+    }
 }
 
 /// A run whose worker went away.
@@ -375,11 +379,7 @@ impl Hub {
             let mut reg = self.reg();
             match reg.conns.get_mut(conn_id) {
                 Some(c) if c.tx.send(frame).is_ok() => {
-                    let held = Held {
-                        execution_id: run.execution_id.clone(),
-                        log_seq_base: run.log_seq_base,
-                    };
-                    c.running.insert(run.run_id.clone(), Some(held));
+                    c.running.insert(run.run_id.clone(), Some(Held::of(&run)));
                     true
                 }
                 _ => false,
@@ -968,17 +968,14 @@ impl Hub {
         conn_id: &str,
         team_id: &str,
         run_id: &str,
-    ) -> Result<Option<LogTarget>, oz_store::StoreError> {
+    ) -> Result<Option<Held>, oz_store::StoreError> {
         let held = self
             .reg()
             .conns
             .get(conn_id)
             .and_then(|c| c.running.get(run_id).cloned().flatten());
-        if let Some(h) = held {
-            return Ok(Some(LogTarget {
-                execution_id: h.execution_id,
-                log_seq_base: h.log_seq_base,
-            }));
+        if held.is_some() {
+            return Ok(held);
         }
         let run = self
             .store
@@ -991,10 +988,7 @@ impl Hub {
                 "dropping log frame: no such run in the worker's team"
             );
         }
-        Ok(run.map(|r| LogTarget {
-            execution_id: r.execution_id,
-            log_seq_base: r.log_seq_base,
-        }))
+        Ok(run.as_ref().map(Held::of))
     }
 
     /// Store one `log_lines` frame (in one transaction) and publish the
