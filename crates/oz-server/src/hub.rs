@@ -90,6 +90,14 @@ impl Held {
     }
 }
 
+/// Where a log frame goes (see [`Hub::log_target`]).
+enum LogTarget {
+    /// Of an execution that is over: acknowledged, not stored.
+    Past,
+    /// Of the run's current execution.
+    Current(Held),
+}
+
 /// A run whose worker went away.
 struct Orphan {
     worker_id: String,
@@ -953,8 +961,11 @@ impl Hub {
         self.reg().conns.get(conn_id).map(|c| c.team_id.clone())
     }
 
-    /// Where a log frame of `conn_id` for `run_id` goes, if the run exists
-    /// and belongs to `team_id`. A run this process handed to the
+    /// Where a log frame of `conn_id` for `run_id` (sent for
+    /// `execution_id`) goes: nowhere if the run does not exist in `team_id`;
+    /// [`LogTarget::Past`] if it is of an execution that is over (another
+    /// execution id or, from older workers that send none, while another
+    /// connection holds the run). A run this process handed to the
     /// connection is known without a read: a held run is in the
     /// connection's team, and its execution does not change while the hub
     /// remembers it (a rejection releases the run before requeueing it, an
@@ -968,27 +979,36 @@ impl Hub {
         conn_id: &str,
         team_id: &str,
         run_id: &str,
-    ) -> Result<Option<Held>, oz_store::StoreError> {
+        execution_id: Option<&String>,
+    ) -> Result<Option<LogTarget>, oz_store::StoreError> {
         let held = self
             .reg()
             .conns
             .get(conn_id)
             .and_then(|c| c.running.get(run_id).cloned().flatten());
-        if held.is_some() {
-            return Ok(held);
+        let current = match held {
+            Some(h) => h,
+            None => {
+                let run = self
+                    .store
+                    .get_run(run_id)
+                    .await?
+                    .filter(|r| r.team_id == team_id);
+                let Some(run) = run else {
+                    tracing::debug!(
+                        run_id,
+                        "dropping log frame: no such run in the worker's team"
+                    );
+                    return Ok(None);
+                };
+                Held::of(&run)
+            }
+        };
+        let past = execution_id.is_some_and(|e| current.execution_id.as_ref() != Some(e));
+        if past || self.held_elsewhere(conn_id, run_id) {
+            return Ok(Some(LogTarget::Past));
         }
-        let run = self
-            .store
-            .get_run(run_id)
-            .await?
-            .filter(|r| r.team_id == team_id);
-        if run.is_none() {
-            tracing::debug!(
-                run_id,
-                "dropping log frame: no such run in the worker's team"
-            );
-        }
-        Ok(run.as_ref().map(Held::of))
+        Ok(Some(LogTarget::Current(current)))
     }
 
     /// Store one `log_lines` frame (in one transaction) and publish the
@@ -1008,20 +1028,25 @@ impl Hub {
         if batch.lines.is_empty() {
             return Ok(None);
         }
-        let Some(run) = self.log_target(conn_id, team_id, &batch.task_id).await? else {
-            return Ok(None);
+        let target = self
+            .log_target(
+                conn_id,
+                team_id,
+                &batch.task_id,
+                batch.execution_id.as_ref(),
+            )
+            .await?;
+        let run = match target {
+            None => return Ok(None),
+            // Lines of an execution that is over (the run went on to
+            // another one after a follow-up): acknowledged, so the worker's
+            // spool drains, but not stored among the current execution's.
+            Some(LogTarget::Past) => {
+                tracing::debug!(run_id = %batch.task_id, "dropping log lines of a past execution");
+                return Ok(batch.lines.iter().map(|l| l.seq).max());
+            }
+            Some(LogTarget::Current(run)) => run,
         };
-        // Lines of an execution that is over (the run went on to another
-        // one after a follow-up): acknowledged, so the worker's spool
-        // drains, but not stored among the current execution's lines.
-        let past_execution = batch
-            .execution_id
-            .as_ref()
-            .is_some_and(|e| run.execution_id.as_ref() != Some(e));
-        if past_execution || self.held_elsewhere(conn_id, &batch.task_id) {
-            tracing::debug!(run_id = %batch.task_id, "dropping log lines of a past execution");
-            return Ok(batch.lines.iter().map(|l| l.seq).max());
-        }
         // Workers number every execution's lines from 1; a later execution
         // (after a follow-up) is stored after the earlier ones.
         let base = run.log_seq_base;
@@ -1064,19 +1089,17 @@ impl Hub {
         team_id: &str,
         end: &LogEnd,
     ) -> Result<bool, oz_store::StoreError> {
-        let Some(run) = self.log_target(conn_id, team_id, &end.task_id).await? else {
-            return Ok(false);
+        let target = self
+            .log_target(conn_id, team_id, &end.task_id, end.execution_id.as_ref())
+            .await?;
+        let run = match target {
+            None => return Ok(false),
+            Some(LogTarget::Past) => {
+                tracing::debug!(run_id = %end.task_id, "ignoring a log_end of a past execution");
+                return Ok(false);
+            }
+            Some(LogTarget::Current(run)) => run,
         };
-        // Never from a past execution: one with another execution id, or
-        // (older workers send none) while another connection holds the run.
-        let past_execution = end
-            .execution_id
-            .as_ref()
-            .is_some_and(|e| run.execution_id.as_ref() != Some(e));
-        if past_execution || self.held_elsewhere(conn_id, &end.task_id) {
-            tracing::debug!(run_id = %end.task_id, "ignoring a log_end of a past execution");
-            return Ok(false);
-        }
         let Some(last) = end
             .last_seq
             .checked_add(run.log_seq_base)
