@@ -48,8 +48,10 @@ pub enum StoreError {
     Db {
         op: &'static str,
         #[source]
-        source: sqlx::Error,
+        source: rusqlite::Error,
     },
+    #[error("the database is closed (the server is shutting down)")]
+    Closed,
     #[error("cannot open the database at {location}: {message}")]
     Open { location: String, message: String },
     #[error("database migration failed: {0}")]

@@ -1158,15 +1158,18 @@ async fn open_the_same_fresh_file_concurrently() {
 #[tokio::test]
 async fn file_uses_wal_and_foreign_keys() {
     let (_dir, store) = file_store().await;
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(store.pool())
-        .await
+    let (mode, fk) = store
+        .with_connection(|c| {
+            let mode: String = c
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            let fk: i64 = c
+                .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+                .unwrap();
+            (mode, fk)
+        })
         .unwrap();
     assert_eq!(mode, "wal");
-    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
     assert_eq!(fk, 1);
 }
 
@@ -1226,9 +1229,14 @@ async fn corrupt_json_is_reported() {
     let (_dir, store) = file_store().await;
     store.create_team("t", "T", &at(0)).await.unwrap();
     store.insert_run(new_run("r", "t", &at(1))).await.unwrap();
-    sqlx::query("UPDATE runs SET metadata = '{not json' WHERE run_id = 'r'")
-        .execute(store.pool())
-        .await
+    store
+        .with_connection(|c| {
+            c.execute(
+                "UPDATE runs SET metadata = '{not json' WHERE run_id = 'r'",
+                [],
+            )
+        })
+        .unwrap()
         .unwrap();
     let err = store.get_run("r").await.unwrap_err();
     assert!(
@@ -1574,11 +1582,15 @@ async fn log_migration_applies_to_an_existing_database() {
         store.get_run("r").await.unwrap().unwrap().log_last_seq,
         None
     );
-    let kind: String = sqlx::query_scalar(
-        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'run_logs'",
-    )
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
+    let kind: String = store
+        .with_connection(|c| {
+            c.query_row(
+                "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'run_logs'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap()
+        .unwrap();
     assert!(kind.contains("WITHOUT ROWID"), "{kind}");
 }
