@@ -201,7 +201,7 @@ impl Run {
 }
 
 /// Fields of a new run; it starts QUEUED.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewRun {
     pub run_id: String,
     pub team_id: String,

@@ -23,17 +23,19 @@
 //!   sees every run once either way.
 
 mod catalog;
+mod checkpoint;
 mod db;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior};
 use serde_json::Value;
 
+use self::checkpoint::Checkpointer;
 use self::db::{
     BUSY_TIMEOUT, Query, Slot, corrupt, db, describe, get, is_busy, is_unique_violation, query,
 };
@@ -86,6 +88,8 @@ struct Inner {
     /// Empty for an in-memory database: reads then use `main`.
     readers: Vec<Slot>,
     next_reader: AtomicUsize,
+    /// A file database's WAL checkpoints (`None` in memory, or once closed).
+    checkpointer: Mutex<Option<Checkpointer>>,
 }
 
 /// Where a `sqlite:` URL points.
@@ -181,6 +185,13 @@ impl SqliteStore {
     /// Closes every connection; further calls fail with
     /// [`StoreError::Closed`].
     pub async fn close(&self) {
+        let checkpointer = self
+            .inner
+            .checkpointer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(checkpointer);
         for reader in &self.inner.readers {
             reader.close();
         }
@@ -281,12 +292,47 @@ fn open_file(path: &Path, create: bool, location: &str) -> Result<Inner> {
         reader.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
         readers.push(Slot::new(reader));
     }
+    let checkpointer = start_checkpointer(&main, path, location)?;
     tracing::debug!(%location, "sqlite store open");
     Ok(Inner {
         main: Slot::new(main),
         readers,
         next_reader: AtomicUsize::new(0),
+        checkpointer: Mutex::new(checkpointer),
     })
+}
+
+/// Moves WAL checkpoints off the main connection (see [`checkpoint`]). If
+/// the thread cannot start, the main connection keeps checkpointing itself
+/// at SQLite's default threshold.
+fn start_checkpointer(
+    main: &Connection,
+    path: &Path,
+    location: &str,
+) -> Result<Option<Checkpointer>> {
+    let open_error = |e: rusqlite::Error| StoreError::Open {
+        location: location.to_owned(),
+        message: describe(&e),
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+    match Checkpointer::start(conn, location.to_owned()) {
+        Ok(checkpointer) => {
+            main.pragma_update(None, "wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)
+                .map_err(open_error)?;
+            Ok(Some(checkpointer))
+        }
+        Err(e) => {
+            tracing::warn!(%location, error = %e, "cannot start the database checkpoint thread; commits will checkpoint");
+            main.pragma_update(None, "wal_autocheckpoint", checkpoint::DEFAULT_PAGES)
+                .map_err(open_error)?;
+            Ok(None)
+        }
+    }
 }
 
 fn open_memory(location: &str) -> Result<Inner> {
@@ -302,6 +348,7 @@ fn open_memory(location: &str) -> Result<Inner> {
         main: Slot::new(conn),
         readers: Vec::new(),
         next_reader: AtomicUsize::new(0),
+        checkpointer: Mutex::new(None),
     })
 }
 
@@ -1216,6 +1263,51 @@ mod tests {
         let url = format!("sqlite://{}", path.display());
         SqliteStore::open_url(&url).await.unwrap();
         assert!(path.exists());
+    }
+
+    /// Checkpoints happen without any commit reaching the main connection's
+    /// threshold: the database file grows while the WAL stays far below
+    /// the backstop.
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oz.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .create_team("t", "T", "2026-01-01T00:00:00.000000Z")
+            .await
+            .unwrap();
+        // About 1 MiB of prompts: some 300 pages, far below the backstop.
+        let prompt = "x".repeat(4000);
+        for i in 0..250 {
+            let run = NewRun {
+                run_id: format!("r{i}"),
+                team_id: "t".into(),
+                prompt: prompt.clone(),
+                config: serde_json::json!({}),
+                source: "API".into(),
+                worker_host: "w".into(),
+                token_hash: format!("token-{i}"),
+                created_at: "2026-01-01T00:00:00.000000Z".into(),
+                ..NewRun::default()
+            };
+            store.insert_run(run).await.unwrap();
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let size = std::fs::metadata(&path).unwrap().len();
+            if size >= 1 << 20 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the database file stayed at {size} bytes"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        store.close().await;
+        // The last connection to close removes the WAL.
+        assert!(!dir.path().join("oz.db-wal").exists());
     }
 
     #[tokio::test]
