@@ -288,6 +288,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "catalog",
         sql: include_str!("../../migrations/sqlite/0003_catalog.sql"),
     },
+    Migration {
+        version: 4,
+        description: "drop unused index",
+        sql: include_str!("../../migrations/sqlite/0004_drop_unused_index.sql"),
+    },
 ];
 
 /// The embedded migrations' file names, for the test that compares them with
