@@ -49,11 +49,6 @@ use crate::{
 /// long (lists, log pages, artifact and attachment contents, the sweeps'
 /// searches) so they never hold up the main one.
 const READERS: usize = 3;
-/// The main connection's page cache, in KiB (SQLite's default is 2 MiB).
-/// It fills only as pages are used; with the default, the pages a queue of
-/// 100,000 runs keeps hot no longer fit, and statements read them from the
-/// OS again (bench/REPORT.md, growth).
-const MAIN_CACHE_KIB: i64 = 32 * 1024;
 /// Log lines deleted per statement by the retention sweep.
 const LOG_DELETE_CHUNK: i64 = 5_000;
 
@@ -285,7 +280,6 @@ fn open_file(path: &Path, create: bool, location: &str) -> Result<Inner> {
     }
     main.pragma_update(None, "synchronous", "NORMAL")
         .and_then(|()| main.pragma_update(None, "foreign_keys", true))
-        .and_then(|()| main.pragma_update(None, "cache_size", -MAIN_CACHE_KIB))
         .map_err(open_error)?;
     migrate(&mut main, location)?;
     let mut readers = Vec::with_capacity(READERS);
