@@ -177,7 +177,8 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the main connection, for maintenance tasks and tests.
-    /// Hand it back before the next store call.
+    /// `f` holds the connection's lock: calling the store from inside it
+    /// would wait forever.
     pub fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> Result<T> {
         self.main(|conn| Ok(f(conn)))
     }
