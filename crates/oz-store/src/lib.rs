@@ -361,7 +361,7 @@ pub trait Store: Catalog + Send + Sync + 'static {
     async fn find_run_by_token(&self, token_hash: &str) -> Result<Option<Run>>;
     /// The dispatcher's step: move the oldest QUEUED run of (team, worker
     /// host) (by `created_at`, then `run_id`) to PENDING, applying `patch`,
-    /// in one statement. Returns it, or `None` when none is queued.
+    /// in one transaction. Returns it, or `None` when none is queued.
     /// Equivalent to [`Store::list_runs`] of one run and a
     /// [`Store::transition`] from QUEUED, without the read in between.
     async fn assign_next(

@@ -115,12 +115,12 @@ impl SqliteStore {
     /// An in-memory database lives as long as the store: it has a single
     /// connection, so every query sees the same data.
     pub async fn open_url(url: &str) -> Result<Self> {
-        let open_error = |message: String| StoreError::Open {
+        let location = url.to_owned();
+        let url_error = |message: String| StoreError::Open {
             location: url.to_owned(),
             message,
         };
-        let location = url.to_owned();
-        match parse_url(url).map_err(open_error)? {
+        match parse_url(url).map_err(url_error)? {
             Location::Memory => Self::blocking_open(move || open_memory(&location)).await,
             Location::File { path, create } => {
                 Self::blocking_open(move || open_file(&path, create, &location)).await
@@ -250,10 +250,7 @@ fn parse_url(url: &str) -> std::result::Result<Location, String> {
 /// Opens a file database: the main connection switches the file to WAL and
 /// migrates it, then the readers open.
 fn open_file(path: &Path, create: bool, location: &str) -> Result<Inner> {
-    let open_error = |e: rusqlite::Error| StoreError::Open {
-        location: location.to_owned(),
-        message: describe(&e),
-    };
+    let open_error = open_error(location);
     if create {
         create_parent(path, location)?;
     }
@@ -311,10 +308,7 @@ fn start_checkpointer(
     path: &Path,
     location: &str,
 ) -> Result<Option<Checkpointer>> {
-    let open_error = |e: rusqlite::Error| StoreError::Open {
-        location: location.to_owned(),
-        message: describe(&e),
-    };
+    let open_error = open_error(location);
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -337,10 +331,7 @@ fn start_checkpointer(
 }
 
 fn open_memory(location: &str) -> Result<Inner> {
-    let open_error = |e: rusqlite::Error| StoreError::Open {
-        location: location.to_owned(),
-        message: describe(&e),
-    };
+    let open_error = open_error(location);
     let mut conn = Connection::open_in_memory().map_err(open_error)?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(open_error)?;
@@ -359,12 +350,17 @@ fn migrate(conn: &mut Connection, location: &str) -> Result<()> {
     let failed = |message: String| StoreError::Migrate(format!("{location}: {message}"));
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| StoreError::Open {
-            location: location.to_owned(),
-            message: describe(&e),
-        })?;
+        .map_err(open_error(location))?;
     db::migrate(&tx).map_err(failed)?;
     tx.commit().map_err(|e| failed(describe(&e)))
+}
+
+/// How a SQLite error while opening `location` is reported.
+fn open_error(location: &str) -> impl Fn(rusqlite::Error) -> StoreError + Copy + '_ {
+    move |e| StoreError::Open {
+        location: location.to_owned(),
+        message: describe(&e),
+    }
 }
 
 fn create_parent(path: &Path, location: &str) -> Result<()> {
@@ -708,21 +704,34 @@ impl SqliteStore {
         if from.is_empty() {
             return Ok(None);
         }
-        let mut sql = query("UPDATE runs SET ");
-        let p = sql.arg(now);
-        sql.push(&format!("updated_at = {p}"));
-        if let Some(to) = to {
-            let p = sql.arg(to.as_str());
-            sql.push(&format!(", state = {p}"));
-        }
-        push_patch(&mut sql, patch)?;
-        let p = sql.arg(run_id);
-        let states = sql.states_in(from);
-        sql.push(&format!(
-            " WHERE run_id = {p} AND state {states} RETURNING {RUN_COLUMNS}"
-        ));
+        let sql = cas_update(run_id, from, to, patch, now)?;
         self.main(|c| sql.first(c, op, run_from_row))
     }
+}
+
+/// `UPDATE runs … WHERE run_id = … AND state IN (from) RETURNING` the run:
+/// the compare-and-set every state change is. `from` must not be empty.
+fn cas_update(
+    run_id: &str,
+    from: &[RunState],
+    to: Option<RunState>,
+    patch: RunPatch,
+    now: &str,
+) -> Result<Query> {
+    let mut sql = query("UPDATE runs SET ");
+    let p = sql.arg(now);
+    sql.push(&format!("updated_at = {p}"));
+    if let Some(to) = to {
+        let p = sql.arg(to.as_str());
+        sql.push(&format!(", state = {p}"));
+    }
+    push_patch(&mut sql, patch)?;
+    let p = sql.arg(run_id);
+    let states = sql.states_in(from);
+    sql.push(&format!(
+        " WHERE run_id = {p} AND state {states} RETURNING {RUN_COLUMNS}"
+    ));
+    Ok(sql)
 }
 
 #[async_trait]
@@ -1035,20 +1044,14 @@ impl Store for SqliteStore {
             let Some(run_id) = next.scalar::<String>(tx, op)? else {
                 return Ok(None);
             };
-            let mut sql = query("UPDATE runs SET ");
-            let p = sql.arg(now);
-            sql.push(&format!("updated_at = {p}"));
-            let p = sql.arg(RunState::Pending.as_str());
-            sql.push(&format!(", state = {p}"));
-            push_patch(&mut sql, patch)?;
-            let id = sql.arg(run_id);
-            let queued = sql.arg(RunState::Queued.as_str());
-            // The state check keeps it a compare-and-set like every other
-            // transition.
-            sql.push(&format!(
-                " WHERE run_id = {id} AND state = {queued} RETURNING {RUN_COLUMNS}"
-            ));
-            sql.first(tx, op, run_from_row)
+            cas_update(
+                &run_id,
+                &[RunState::Queued],
+                Some(RunState::Pending),
+                patch,
+                now,
+            )?
+            .first(tx, op, run_from_row)
         })
     }
 
