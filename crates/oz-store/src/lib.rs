@@ -164,7 +164,8 @@ pub struct Run {
     /// When the run was last handed to a worker.
     pub assigned_at: Option<String>,
     pub cancel_requested_at: Option<String>,
-    /// SHA-256 (hex) of the run-scoped token; cleared when the run ends.
+    /// SHA-256 (hex) of the run-scoped token: set when a worker is given the
+    /// run, cleared when it is queued again or ends.
     pub token_hash: Option<String>,
     pub artifacts: Vec<Value>,
     /// Seq of the last log line, from the worker's `log_end`; `None` until
@@ -200,7 +201,10 @@ impl Run {
     }
 }
 
-/// Fields of a new run; it starts QUEUED.
+/// Fields of a new run; it starts QUEUED, with no run token (a token exists
+/// only while a worker holds the run: a random one per queued run would
+/// put an entry at a random place in the token index for every run waiting,
+/// and each assignment would rewrite one).
 #[derive(Debug, Clone, Default)]
 pub struct NewRun {
     pub run_id: String,
@@ -218,7 +222,6 @@ pub struct NewRun {
     pub skill_spec: Option<String>,
     pub schedule_id: Option<String>,
     pub status_message: Option<StatusMessage>,
-    pub token_hash: String,
     pub created_at: String,
     pub creator_id: Option<String>,
     pub creator: Option<Value>,

@@ -630,10 +630,10 @@ fn insert_run_on(conn: &Connection, run: NewRun) -> Result<Run> {
     query(format!(
         "INSERT INTO runs (run_id, team_id, state, prompt, title, config, metadata, source, \
          mode, worker_host, name, model_id, environment_id, skill_spec, schedule_id, \
-         created_at, updated_at, status_message, token_hash, artifacts, creator_id, creator, \
+         created_at, updated_at, status_message, artifacts, creator_id, creator, \
          agent_uid, executor, parent_run_id, conversation_id, schedule, queued_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-         $16, $16, $17, $18, '[]', $19, $20, $21, $22, $23, $24, $25, $16) \
+         $16, $16, $17, '[]', $18, $19, $20, $21, $22, $23, $24, $16) \
          RETURNING {RUN_COLUMNS}"
     ))
     .bind(run.run_id)
@@ -653,7 +653,6 @@ fn insert_run_on(conn: &Connection, run: NewRun) -> Result<Run> {
     .bind(run.schedule_id)
     .bind(run.created_at)
     .bind(status_message)
-    .bind(run.token_hash)
     .bind(run.creator_id)
     .bind(creator)
     .bind(run.agent_uid)
@@ -1291,7 +1290,6 @@ mod tests {
                 config: serde_json::json!({}),
                 source: "API".into(),
                 worker_host: "w".into(),
-                token_hash: format!("token-{i}"),
                 created_at: "2026-01-01T00:00:00.000000Z".into(),
                 ..NewRun::default()
             };

@@ -38,7 +38,6 @@ fn new_run(run_id: &str) -> NewRun {
         skill_spec: None,
         schedule_id: None,
         status_message: None,
-        token_hash: format!("tok-{run_id}"),
         created_at: T0.to_owned(),
         creator_id: None,
         creator: None,

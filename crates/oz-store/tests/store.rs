@@ -44,7 +44,6 @@ fn new_run(run_id: &str, team_id: &str, created_at: &str) -> NewRun {
         skill_spec: None,
         schedule_id: None,
         status_message: None,
-        token_hash: format!("token-{run_id}"),
         created_at: created_at.to_owned(),
         creator_id: None,
         creator: None,
@@ -224,7 +223,7 @@ mod story {
             holder: None,
             assigned_at: None,
             cancel_requested_at: None,
-            token_hash: Some("token-r1".to_owned()),
+            token_hash: None,
             artifacts: vec![],
             log_last_seq: None,
             creator_id: Some("key-1".to_owned()),
@@ -310,6 +309,7 @@ mod story {
                     execution_id: Some(Some("exec-1".to_owned())),
                     holder: Some(Some("conn-1".to_owned())),
                     assigned_at: Some(Some(at(3))),
+                    token_hash: Some(Some("token-r".to_owned())),
                     ..RunPatch::default()
                 },
                 &at(3),
@@ -325,7 +325,9 @@ mod story {
         assert_eq!(pending.created_at, at(1));
         // Untouched fields are kept.
         assert_eq!(pending.status_message, original.status_message);
-        assert_eq!(pending.token_hash, original.token_hash);
+        // A queued run has no token; the assignment gave it one.
+        assert_eq!(original.token_hash, None);
+        assert_eq!(pending.token_hash.as_deref(), Some("token-r"));
         assert_eq!(s.get_run("r").await.unwrap(), Some(pending.clone()));
 
         // The same event again finds the run in another state.
@@ -623,13 +625,34 @@ mod story {
         s.create_team("t", "T", &at(0)).await.unwrap();
         s.insert_run(new_run("r", "t", &at(1))).await.unwrap();
         s.insert_run(new_run("q", "t", &at(1))).await.unwrap();
+        // A queued run has no token to be found by.
+        assert_eq!(s.get_run("r").await.unwrap().unwrap().token_hash, None);
+        assert_eq!(s.find_run_by_token("token-r").await.unwrap(), None);
+
+        // Assigned: the token the patch sets finds it.
+        let assign = |token: &str| RunPatch {
+            token_hash: Some(Some(token.to_owned())),
+            ..RunPatch::default()
+        };
+        for (id, token) in [("r", "token-r"), ("q", "token-q")] {
+            s.transition(
+                id,
+                &[RunState::Queued],
+                RunState::Pending,
+                assign(token),
+                &at(2),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        }
         let found = s.find_run_by_token("token-r").await.unwrap().unwrap();
         assert_eq!(found.run_id, "r");
         assert_eq!(s.find_run_by_token("nope").await.unwrap(), None);
 
         s.transition(
             "r",
-            &[RunState::Queued],
+            &[RunState::Pending],
             RunState::Inprogress,
             RunPatch::default(),
             &at(2),
@@ -659,7 +682,7 @@ mod story {
         // A terminal run is not found even if its hash was kept.
         s.transition(
             "q",
-            &[RunState::Queued],
+            &[RunState::Pending],
             RunState::Cancelled,
             RunPatch::default(),
             &at(3),

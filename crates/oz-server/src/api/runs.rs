@@ -13,7 +13,7 @@ use oz_store::{Cursor, NewRun, Run, RunPatch, RunQuery, SortBy, SortOrder};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::hub::{Hub, WaitingReasons};
 use crate::state::AppState;
@@ -314,8 +314,6 @@ pub(crate) async fn build_run(
         mode: p.mode,
         worker_host,
         status_message: None,
-        // Replaced by a fresh token at each assignment; this one is never given out.
-        token_hash: auth::hash(&auth::new_secret(auth::RUN_TOKEN_PREFIX)),
         created_at: now,
         creator_id: origin.creator_id,
         creator: origin.creator,

@@ -650,8 +650,12 @@ impl Catalog for SqliteStore {
     }
 
     async fn runs_awaiting_followups(&self) -> Result<Vec<String>> {
+        // The hub runs this every second. Left to itself SQLite picks
+        // `runs_queue` for the state list, which visits every finished run
+        // ever kept: the partial index holds only runs with follow-ups.
         let q = query(format!(
-            "SELECT run_id FROM runs WHERE pending_followups > 0 \
+            "SELECT run_id FROM runs INDEXED BY runs_pending_followups \
+             WHERE pending_followups > 0 \
              AND cancel_requested_at IS NULL AND state IN ({})",
             terminal_list()
         ));
