@@ -330,10 +330,13 @@ impl Hub {
         let Some(limit) = self.settings.queue_timeout else {
             return Ok(());
         };
-        for run in self.store.queued_runs(200).await? {
-            if age(&run.queued_at) <= limit {
-                break;
-            }
+        let Some(cutoff) = chrono::Duration::from_std(limit)
+            .ok()
+            .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+        else {
+            return Ok(());
+        };
+        for run in self.store.queued_runs(&oz_store::ts(cutoff), 200).await? {
             let msg = format!(
                 "no worker with id {:?} picked up the run within {}",
                 run.worker_host,
@@ -363,7 +366,9 @@ impl Hub {
         now_ts: &str,
     ) -> Result<bool, oz_store::StoreError> {
         let token = auth::new_secret(auth::RUN_TOKEN_PREFIX);
-        let execution_id = uuid::Uuid::new_v4().to_string();
+        // Time-ordered, so that each new one lands at the end of the
+        // execution-id index instead of at a random page of it.
+        let execution_id = uuid::Uuid::now_v7().to_string();
         let patch = RunPatch {
             holder: Some(Some(conn_id.to_owned())),
             execution_id: Some(Some(execution_id.clone())),

@@ -354,8 +354,9 @@ pub trait Store: Catalog + Send + Sync + 'static {
     async fn insert_run(&self, run: NewRun) -> Result<Run>;
     async fn get_run(&self, run_id: &str) -> Result<Option<Run>>;
     async fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>>;
-    /// QUEUED runs, longest queued first (by `queued_at`).
-    async fn queued_runs(&self, limit: u32) -> Result<Vec<Run>>;
+    /// QUEUED runs queued before `queued_before` (a timestamp), longest
+    /// queued first (by `queued_at`).
+    async fn queued_runs(&self, queued_before: &str, limit: u32) -> Result<Vec<Run>>;
     /// The (team, worker host) pairs that have QUEUED runs.
     async fn queued_hosts(&self) -> Result<Vec<(String, String)>>;
     /// Runs in PENDING, CLAIMED or INPROGRESS.

@@ -49,6 +49,13 @@ use crate::{
 /// long (lists, log pages, artifact and attachment contents, the sweeps'
 /// searches) so they never hold up the main one.
 const READERS: usize = 3;
+/// The dispatcher's next run for a worker id, from the partial index
+/// `runs_dispatch` (queued runs only). `'QUEUED'` is written out: with a bound
+/// value SQLite can still use the index, but re-prepares the statement at
+/// every new binding to check that it may.
+const NEXT_QUEUED: &str = "SELECT run_id FROM runs WHERE team_id = $1 AND worker_host = $2 \
+     AND state = 'QUEUED' ORDER BY created_at, run_id LIMIT 1";
+
 /// Log lines deleted per statement by the retention sweep.
 const LOG_DELETE_CHUNK: i64 = 5_000;
 
@@ -818,7 +825,18 @@ impl Store for SqliteStore {
     }
 
     async fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>> {
-        let mut sql = query(format!("SELECT {RUN_COLUMNS} FROM runs WHERE team_id = "));
+        // Runs held by workers are few however long the history: read them
+        // by state. Left alone, SQLite walks the team's runs in sort order
+        // and, when fewer match than a page holds, visits every run kept.
+        // Other states are dense (or, queued, can be a long backlog), and
+        // the walk in sort order stops after a page.
+        let few = !q.states.is_empty() && q.states.iter().all(|s| s.is_active());
+        let from = if few {
+            "runs INDEXED BY runs_queue"
+        } else {
+            "runs"
+        };
+        let mut sql = query(format!("SELECT {RUN_COLUMNS} FROM {from} WHERE team_id = "));
         let p = sql.arg(&q.team_id);
         sql.push(&p);
 
@@ -965,12 +983,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn queued_runs(&self, limit: u32) -> Result<Vec<Run>> {
+    async fn queued_runs(&self, queued_before: &str, limit: u32) -> Result<Vec<Run>> {
+        // The cutoff is in the query: the hub asks on every dispatch pass,
+        // and nothing has usually waited that long.
         let q = query(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE state = $1 \
+            "SELECT {RUN_COLUMNS} FROM runs WHERE state = 'QUEUED' AND queued_at < $1 \
              ORDER BY queued_at, run_id LIMIT $2"
         ))
-        .bind(RunState::Queued.as_str())
+        .bind(queued_before)
         .bind(i64::from(limit));
         self.read(move |c| q.all(c, "queued runs", run_from_row))
             .await
@@ -1032,13 +1052,7 @@ impl Store for SqliteStore {
         // run (a subquery with a bound value), which was a fifth of the
         // server's CPU under load (bench/REPORT.md).
         let op = "assign next run";
-        let next = query(
-            "SELECT run_id FROM runs WHERE team_id = $1 AND worker_host = $2 \
-             AND state = $3 ORDER BY created_at, run_id LIMIT 1",
-        )
-        .bind(team_id)
-        .bind(worker_host)
-        .bind(RunState::Queued.as_str());
+        let next = query(NEXT_QUEUED).bind(team_id).bind(worker_host);
         self.write(op, |tx| {
             let Some(run_id) = next.scalar::<String>(tx, op)? else {
                 return Ok(None);
@@ -1169,7 +1183,12 @@ impl Store for SqliteStore {
     }
 
     async fn delete_logs_ended_before(&self, ts: &str) -> Result<u64> {
-        let mut sql = query("SELECT run_id FROM runs WHERE ended_at IS NOT NULL AND ended_at < ");
+        // By end time: SQLite would otherwise pick `runs_queue` for the
+        // state list and visit every finished run, old or new.
+        let mut sql = query(
+            "SELECT run_id FROM runs INDEXED BY runs_ended_at \
+             WHERE ended_at IS NOT NULL AND ended_at < ",
+        );
         let p = sql.arg(ts);
         let states = sql.states_in(&terminal_states());
         sql.push(&format!(
@@ -1310,6 +1329,24 @@ mod tests {
         store.close().await;
         // The last connection to close removes the WAL.
         assert!(!dir.path().join("oz.db-wal").exists());
+    }
+
+    #[tokio::test]
+    async fn the_dispatcher_reads_only_queued_runs() {
+        let store = SqliteStore::open_url("sqlite::memory:").await.unwrap();
+        let plan: Vec<String> = store
+            .with_connection(|c| {
+                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {NEXT_QUEUED}"))?;
+                let rows = st.query_map(["t", "w"], |r| r.get::<_, String>(3))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .unwrap()
+            .unwrap();
+        // The partial index, searched by team and worker id, in queue order
+        // (no sort step): the work does not grow with the runs kept.
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(plan[0].starts_with("SEARCH runs USING"), "{plan:?}");
+        assert!(plan[0].contains("INDEX runs_dispatch"), "{plan:?}");
     }
 
     #[tokio::test]

@@ -573,10 +573,16 @@ mod story {
             s.insert_run(new_run(id, "t", &at(t))).await.unwrap();
         }
         assert_eq!(
-            ids(&s.queued_runs(10).await.unwrap()),
+            ids(&s.queued_runs(&at(99), 10).await.unwrap()),
             ["a", "b", "d", "c", "e"]
         );
-        assert_eq!(ids(&s.queued_runs(2).await.unwrap()), ["a", "b"]);
+        assert_eq!(ids(&s.queued_runs(&at(99), 2).await.unwrap()), ["a", "b"]);
+        // Only runs queued before the cutoff.
+        assert_eq!(ids(&s.queued_runs(&at(2), 10).await.unwrap()), ["a", "b"]);
+        assert_eq!(
+            ids(&s.queued_runs(&at(1), 10).await.unwrap()),
+            [] as [&str; 0]
+        );
 
         let go = |id: &'static str, from: RunState, to: RunState| {
             let s = s.clone();
@@ -591,7 +597,7 @@ mod story {
         go("b", RunState::Queued, RunState::Claimed).await;
         go("c", RunState::Queued, RunState::Inprogress).await;
         go("d", RunState::Queued, RunState::Cancelled).await;
-        assert_eq!(ids(&s.queued_runs(10).await.unwrap()), ["e"]);
+        assert_eq!(ids(&s.queued_runs(&at(99), 10).await.unwrap()), ["e"]);
         assert_eq!(ids(&s.active_runs().await.unwrap()), ["a", "b", "c"]);
 
         let one = s

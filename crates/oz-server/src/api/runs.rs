@@ -324,8 +324,10 @@ pub(crate) async fn build_run(
             Some(previous) => previous
                 .conversation_id
                 .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            None => uuid::Uuid::new_v4().to_string(),
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            // Time-ordered: appended to the conversation index, not
+            // scattered through it.
+            None => uuid::Uuid::now_v7().to_string(),
         }),
         schedule,
     };

@@ -496,8 +496,12 @@ impl Catalog for SqliteStore {
     }
 
     async fn last_run_in_environment(&self, team_id: &str, uid: &str) -> Result<Option<Run>> {
+        // Read for every environment a list shows. SQLite would otherwise
+        // walk the team's runs newest first until one is in the environment:
+        // all of them for an environment not used lately.
         let q = query(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE environment_id = $1 AND team_id = $2 \
+            "SELECT {RUN_COLUMNS} FROM runs INDEXED BY runs_environment \
+             WHERE environment_id = $1 AND team_id = $2 \
              ORDER BY created_at DESC, run_id DESC LIMIT 1"
         ))
         .bind(uid)

@@ -293,6 +293,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "drop unused index",
         sql: include_str!("../../migrations/sqlite/0004_drop_unused_index.sql"),
     },
+    Migration {
+        version: 5,
+        description: "queued dispatch index",
+        sql: include_str!("../../migrations/sqlite/0005_queued_dispatch_index.sql"),
+    },
 ];
 
 /// The embedded migrations' file names, for the test that compares them with
