@@ -2,25 +2,36 @@
 //! finished tasks that were not yet written to the socket, so that a
 //! restarted worker still delivers them.
 //!
-//! One JSON record per line, appended: `{"put":{…}}` when a task's terminal
-//! frame is journaled (synced to disk before the frame can be sent), and
+//! One JSON record per line: `{"put":{…}}` when a task's terminal frame is
+//! journaled (synced to disk before the frame can be sent), and
 //! `{"done":{"task_id":…}}` once it was written to the socket (not synced:
 //! after a crash such a result is sent again, as it would be if the worker
 //! died between the write and the record). Whenever nothing in the file is
-//! pending it is emptied, and when it grows large anyway it is rewritten
-//! with only what is pending.
+//! pending and it has grown it is emptied, and when it grows large anyway it
+//! is rewritten with only what is pending.
+//!
+//! The file keeps a fixed size ([`PREALLOC`] bytes, written as zeros once):
+//! records overwrite the zeros after the last record, and emptying writes
+//! zeros back. So the sync before a result is sent flushes a data block and
+//! nothing else; a file that grew at each record made every sync a
+//! file-system journal commit (size and block changes), which on a journaled
+//! ext4 cost more than the rest of the worker's file work per task
+//! (bench/REPORT.md). Readers stop at the first NUL byte: every sync makes
+//! all bytes before its record durable, and JSON never holds a raw NUL, so a
+//! NUL can only follow the last record that mattered.
 //!
 //! One file for every task, because creating and deleting a file per task
 //! cost more than anything else the worker does per task (inode allocation
 //! in a directory with heavy churn, on ext4).
 //!
 //! Earlier versions wrote one `results/<task_id>.json` per result; those are
-//! read at startup and folded into the journal.
+//! read at startup and folded into the journal. Journals of earlier versions
+//! (no zeros) read the same way.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use oz_protocol::WorkerMessage;
@@ -29,6 +40,9 @@ use serde::{Deserialize, Serialize};
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 /// Below this size the file is never rewritten to drop delivered results.
 const COMPACT_AT: u64 = 64 * 1024;
+/// The size the file is kept at: records up to [`COMPACT_AT`] and the
+/// longest record after it fit without growing it.
+pub const PREALLOC: u64 = 2 * COMPACT_AT;
 
 /// A result waiting to be written to the socket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +74,8 @@ enum Record {
 pub struct ResultJournal {
     path: PathBuf,
     file: Option<File>,
+    /// Where the records end (the next one is written here); the file is
+    /// zeros from there to its end.
     len: u64,
     /// The `put` line of every pending result, by task id.
     pending: HashMap<String, Vec<u8>>,
@@ -76,8 +92,9 @@ impl ResultJournal {
         let mut rewrite = false;
         match fs::read(&path) {
             Ok(bytes) => {
-                rewrite = !bytes.is_empty();
-                let mut rest = &bytes[..];
+                let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+                rewrite = end > 0;
+                let mut rest = &bytes[..end];
                 while !rest.is_empty() {
                     let (line, complete) = match rest.iter().position(|b| *b == b'\n') {
                         Some(i) => (&rest[..i], true),
@@ -208,11 +225,19 @@ impl ResultJournal {
     fn file(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
             let f = OpenOptions::new()
+                .read(true)
+                .write(true)
                 .create(true)
-                .append(true)
+                .truncate(false)
                 .mode(0o600)
                 .open(&self.path)?;
-            self.len = f.metadata()?.len();
+            let size = f.metadata()?.len();
+            if size < PREALLOC {
+                // Real zeros, not a hole or fallocate: writing into either
+                // allocates or converts blocks, a metadata change per sync.
+                write_zeros(&f, size, PREALLOC - size)?;
+                f.sync_data()?;
+            }
             self.file = Some(f);
         }
         self.file
@@ -224,7 +249,7 @@ impl ResultJournal {
         let len = self.len;
         let f = self.file()?;
         let written = f
-            .write_all(line)
+            .write_all_at(line, len)
             .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
         match written {
             Ok(()) => {
@@ -233,15 +258,25 @@ impl ResultJournal {
             }
             Err(e) => {
                 // Never leave half a record before the next one.
-                let _ = f.set_len(len);
+                let _ = write_zeros(f, len, line.len() as u64);
                 self.file = None;
                 Err(e)
             }
         }
     }
 
+    /// Zeros over every record; the next one starts the file again. Not
+    /// synced: after a crash the old records read as before (everything in
+    /// them was done) or are partly zeros, which at worst sends a delivered
+    /// result again.
     fn truncate(&mut self) -> io::Result<()> {
-        self.file()?.set_len(0)?;
+        let len = self.len;
+        let f = self.file()?;
+        if f.metadata()?.len() > PREALLOC {
+            // Grown while many results waited: back to the usual size.
+            f.set_len(PREALLOC)?;
+        }
+        write_zeros(f, 0, len.min(PREALLOC))?;
         self.len = 0;
         Ok(())
     }
@@ -260,6 +295,9 @@ impl ResultJournal {
             for line in self.pending.values() {
                 f.write_all(line)?;
                 len += line.len() as u64;
+            }
+            if len < PREALLOC {
+                write_zeros(&f, len, PREALLOC - len)?;
             }
             f.sync_data()?;
             fs::rename(&tmp, &self.path)?;
@@ -287,6 +325,19 @@ fn record_line(r: &Record) -> io::Result<Vec<u8>> {
 
 fn put_line(p: &Pending) -> io::Result<Vec<u8>> {
     record_line(&Record::Put(p.clone()))
+}
+
+/// Write `n` zero bytes at `offset`.
+fn write_zeros(f: &File, offset: u64, n: u64) -> io::Result<()> {
+    const CHUNK: [u8; 8192] = [0; 8192];
+    let mut done = 0;
+    while done < n {
+        let k = (n - done).min(CHUNK.len() as u64);
+        // k <= 8192: the cast cannot truncate.
+        f.write_all_at(&CHUNK[..k as usize], offset + done)?;
+        done += k;
+    }
+    Ok(())
 }
 
 fn remove_quietly(path: &Path) {
@@ -323,6 +374,17 @@ mod tests {
         fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len()
     }
 
+    /// The records: the bytes before the first NUL.
+    fn records(dir: &Path) -> Vec<u8> {
+        let bytes = fs::read(dir.join(JOURNAL_FILE)).unwrap();
+        let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+        bytes[..end].to_vec()
+    }
+
+    fn used(dir: &Path) -> u64 {
+        records(dir).len() as u64
+    }
+
     #[test]
     fn what_is_put_and_not_done_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -340,10 +402,11 @@ mod tests {
         assert_eq!(list[0].last_seq, 3);
         assert_eq!(list[0].execution_id.as_deref(), Some("e-a"));
         assert_eq!(j.pending(), 2);
-        // The file was rewritten with only what is pending.
-        let text = fs::read_to_string(dir.path().join(JOURNAL_FILE)).unwrap();
+        // The file was rewritten with only what is pending, then zeros.
+        let text = String::from_utf8(records(dir.path())).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(!text.contains("done"));
+        assert_eq!(size(dir.path()), PREALLOC);
     }
 
     #[test]
@@ -357,14 +420,20 @@ mod tests {
         };
         let first = ino(dir.path());
         j.done("a");
-        // Small: kept, with a done line appended.
-        assert!(size(dir.path()) > 0);
+        // Small: kept, with a done line after the put.
+        assert!(
+            String::from_utf8(records(dir.path()))
+                .unwrap()
+                .contains("done")
+        );
         let mut emptied = false;
         for i in 0..2000 {
             j.put(&pending(&format!("t{i}"), i)).unwrap();
             j.done(&format!("t{i}"));
-            assert!(size(dir.path()) <= COMPACT_AT + 1024, "bounded");
-            emptied |= size(dir.path()) == 0;
+            assert!(used(dir.path()) <= COMPACT_AT + 1024, "bounded");
+            // The size never changes: a sync flushes data, no metadata.
+            assert_eq!(size(dir.path()), PREALLOC);
+            emptied |= used(dir.path()) == 0;
         }
         assert!(emptied, "emptied once it grew past {COMPACT_AT} bytes");
         assert_eq!(ino(dir.path()), first, "no file per result");
@@ -388,10 +457,11 @@ mod tests {
             j.done(&format!("t{i}"));
         }
         assert!(
-            size(dir.path()) <= COMPACT_AT + 1024,
+            used(dir.path()) <= COMPACT_AT + 1024,
             "{}",
-            size(dir.path())
+            used(dir.path())
         );
+        assert_eq!(size(dir.path()), PREALLOC);
         drop(j);
         let (_, list) = ResultJournal::open(dir.path()).unwrap();
         assert_eq!(ids(&list), ["keep"]);
@@ -404,13 +474,13 @@ mod tests {
             let (mut j, _) = ResultJournal::open(dir.path()).unwrap();
             j.put(&pending("a", 1)).unwrap();
         }
-        let mut f = OpenOptions::new()
-            .append(true)
+        let f = OpenOptions::new()
+            .write(true)
             .open(dir.path().join(JOURNAL_FILE))
             .unwrap();
-        // A line that is no record, a put without a terminal frame, and a
-        // put cut short by a crash.
-        f.write_all(b"garbage\n{\"put\":{\"task_id\":\"x\",\"last_seq\":0,\"frame\":{\"type\":\"task_claimed\",\"data\":{\"task_id\":\"x\",\"worker_id\":\"w\"}}}}\n{\"put\":{\"task_id\":\"b\",\"la")
+        // After the last record: a line that is no record, a put without a
+        // terminal frame, and a put cut short by a crash.
+        f.write_all_at(b"garbage\n{\"put\":{\"task_id\":\"x\",\"last_seq\":0,\"frame\":{\"type\":\"task_claimed\",\"data\":{\"task_id\":\"x\",\"worker_id\":\"w\"}}}}\n{\"put\":{\"task_id\":\"b\",\"la", used(dir.path()))
             .unwrap();
         let (mut j, list) = ResultJournal::open(dir.path()).unwrap();
         assert_eq!(ids(&list), ["a"]);
@@ -419,6 +489,63 @@ mod tests {
         drop(j);
         let (_, list) = ResultJournal::open(dir.path()).unwrap();
         assert_eq!(ids(&list), ["a", "c"]);
+    }
+
+    #[test]
+    fn a_journal_without_zeros_from_an_earlier_version_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = Vec::new();
+        for (id, seq) in [("a", 1), ("b", 2)] {
+            text.extend(put_line(&pending(id, seq)).unwrap());
+        }
+        text.extend(b"{\"done\":{\"task_id\":\"a\"}}\n");
+        fs::write(dir.path().join(JOURNAL_FILE), &text).unwrap();
+        let (mut j, list) = ResultJournal::open(dir.path()).unwrap();
+        assert_eq!(ids(&list), ["b"]);
+        assert_eq!(size(dir.path()), PREALLOC);
+        j.put(&pending("c", 3)).unwrap();
+        drop(j);
+        let (_, list) = ResultJournal::open(dir.path()).unwrap();
+        assert_eq!(ids(&list), ["b", "c"]);
+    }
+
+    #[test]
+    fn records_after_the_first_nul_are_not_read() {
+        // A crash while the file was being emptied: zeros, then old records.
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = vec![0u8; 100];
+        bytes.extend(put_line(&pending("stale", 1)).unwrap());
+        fs::write(dir.path().join(JOURNAL_FILE), &bytes).unwrap();
+        let (mut j, list) = ResultJournal::open(dir.path()).unwrap();
+        assert!(list.is_empty());
+        j.put(&pending("new", 2)).unwrap();
+        drop(j);
+        let (_, list) = ResultJournal::open(dir.path()).unwrap();
+        assert_eq!(ids(&list), ["new"]);
+    }
+
+    #[test]
+    fn many_waiting_results_grow_the_file_and_it_shrinks_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = ResultJournal::open(dir.path()).unwrap();
+        let n = 1000;
+        for i in 0..n {
+            j.put(&pending(&format!("t{i}"), i)).unwrap();
+        }
+        assert!(size(dir.path()) > PREALLOC, "{}", size(dir.path()));
+        drop(j);
+        let (mut j, list) = ResultJournal::open(dir.path()).unwrap();
+        assert_eq!(list.len(), n as usize);
+        for p in &list {
+            j.done(&p.task_id);
+        }
+        assert_eq!(j.pending(), 0);
+        // Compacted on the way down into a file of the usual size.
+        assert_eq!(size(dir.path()), PREALLOC);
+        assert!(used(dir.path()) <= COMPACT_AT + 1024);
+        drop(j);
+        let (_, list) = ResultJournal::open(dir.path()).unwrap();
+        assert!(list.is_empty());
     }
 
     #[test]

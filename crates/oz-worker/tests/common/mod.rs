@@ -582,8 +582,10 @@ impl Sandbox {
     pub fn pending_results(&self) -> Vec<String> {
         let text = std::fs::read_to_string(self.state_dir().join("results").join("journal.jsonl"))
             .unwrap_or_default();
+        // The records end at the first NUL; zeros fill the rest of the file.
+        let records = text.split('\0').next().unwrap_or_default();
         let mut pending: Vec<String> = Vec::new();
-        for line in text.lines() {
+        for line in records.lines() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };
