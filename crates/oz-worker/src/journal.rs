@@ -77,6 +77,10 @@ pub struct ResultJournal {
     /// Where the records end (the next one is written here); the file is
     /// zeros from there to its end.
     len: u64,
+    /// Results recorded so far (a result's ticket is the count after it)
+    /// and the count a sync was last started for.
+    written: u64,
+    sync_started: u64,
     /// The `put` line of every pending result, by task id.
     pending: HashMap<String, Vec<u8>>,
 }
@@ -166,6 +170,8 @@ impl ResultJournal {
             path,
             file: None,
             len: 0,
+            written: 0,
+            sync_started: 0,
             pending: HashMap::new(),
         };
         for p in &list {
@@ -182,10 +188,34 @@ impl ResultJournal {
 
     /// Journal a result; when this returns Ok it is on disk.
     pub fn put(&mut self, p: &Pending) -> io::Result<()> {
+        self.record(p)?;
+        self.file()?.sync_data()
+    }
+
+    /// Write a result without syncing; it is on disk once a sync started
+    /// after this call (see [`ResultJournal::to_sync`]) has returned. The
+    /// result's ticket, for that comparison.
+    pub fn record(&mut self, p: &Pending) -> io::Result<u64> {
         let line = put_line(p)?;
-        self.append(&line, true)?;
+        self.append(&line, false)?;
         self.pending.insert(p.task_id.clone(), line);
-        Ok(())
+        self.written += 1;
+        Ok(self.written)
+    }
+
+    /// What to sync for the results recorded since the last sync: a handle
+    /// on the file (synced outside the caller's lock, so recording and
+    /// marking results done go on meanwhile) and the ticket it covers.
+    /// `None` when nothing waits. One sync covers every result recorded
+    /// before it: the journal's group commit.
+    pub fn to_sync(&mut self) -> Option<(io::Result<File>, u64)> {
+        if self.sync_started >= self.written {
+            return None;
+        }
+        self.sync_started = self.written;
+        // After a rewrite this is the new file (already synced; cheap).
+        let file = self.file().and_then(|f| f.try_clone());
+        Some((file, self.written))
     }
 
     /// The result of `task_id` was written to the socket (or dropped).

@@ -36,8 +36,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -144,6 +144,9 @@ struct Entry {
     end_sent: bool,
     /// The terminal frame, held until the log before it was sent.
     result: Option<WorkerMessage>,
+    /// The journal ticket of `result`: it may be sent once the journal is
+    /// synced up to it (0: already on disk).
+    ticket: u64,
     lost: Option<Lost>,
     warned: bool,
 }
@@ -164,6 +167,7 @@ impl Entry {
             finished: false,
             end_sent: false,
             result: None,
+            ticket: 0,
             lost: None,
             warned: false,
         }
@@ -263,6 +267,13 @@ pub struct Spool {
     acking: AtomicBool,
     /// Wakes tasks waiting for [`Spool::room`] (an ack, a disconnect).
     room: Notify,
+    /// Results are synced by [`Spool::sync_results`] instead of in
+    /// [`Spool::finish`].
+    deferred: AtomicBool,
+    /// Journal tickets up to this one are on disk.
+    synced: AtomicU64,
+    /// Wakes [`Spool::sync_results`]: a result was recorded.
+    unsynced: Notify,
     _lock: Flock<File>,
 }
 
@@ -307,6 +318,9 @@ impl Spool {
             notify: Notify::new(),
             acking: AtomicBool::new(false),
             room: Notify::new(),
+            deferred: AtomicBool::new(false),
+            synced: AtomicU64::new(0),
+            unsynced: Notify::new(),
             _lock: lock,
         };
         spool.load(results).map_err(unusable)?;
@@ -382,6 +396,7 @@ impl Spool {
         let mut inner = self.lock();
         let e = inner.entry(task_id, &self.spool_dir);
         if e.finished {
+            e.ticket = 0;
             if e.result.take().is_some() {
                 tracing::warn!(
                     run_id = task_id,
@@ -499,19 +514,72 @@ impl Spool {
                 frame: frame.clone(),
             }
         };
-        // Synced outside `inner`, so output of other tasks is not held up.
-        // The task's readers are done and it is not finished yet, so
+        // Journaled outside `inner`, so output of other tasks is not held
+        // up. The task's readers are done and it is not finished yet, so
         // nothing about it changes meanwhile.
-        if let Err(err) = self.journal().put(&pending) {
+        let deferred = self.deferred.load(Ordering::SeqCst);
+        let journaled = {
+            let mut journal = self.journal();
+            if deferred {
+                journal.record(&pending)
+            } else {
+                journal.put(&pending).map(|()| 0)
+            }
+        };
+        let ticket = journaled.unwrap_or_else(|err| {
             tracing::error!(run_id = task_id, error = %err, "cannot journal the task's result; it is kept in memory only");
-        }
+            0
+        });
         let mut inner = self.lock();
         let e = inner.entry(task_id, &self.spool_dir);
         e.finished = true;
         e.end_sent = false;
         e.result = Some(frame);
+        e.ticket = ticket;
         drop(inner);
+        if ticket > 0 {
+            self.unsynced.notify_one();
+        }
         self.notify.notify_one();
+    }
+
+    /// Sync the result journal for [`Spool::finish`] from now on, off the
+    /// caller's thread: one sync for every result recorded while the last
+    /// one ran (a group commit), and a result is sent only once a sync
+    /// covering it has returned. Before, each result was synced on the
+    /// worker's event loop, which then could do nothing else for the
+    /// length of a sync (about 0.5 ms on a journaled ext4, at every task).
+    /// Runs until the runtime stops.
+    pub async fn sync_results(self: Arc<Self>) {
+        self.deferred.store(true, Ordering::SeqCst);
+        loop {
+            let wake = self.unsynced.notified();
+            tokio::pin!(wake);
+            // Registered before the check, so a result recorded in between
+            // is not missed.
+            wake.as_mut().enable();
+            let Some((file, ticket)) = self.journal().to_sync() else {
+                wake.await;
+                continue;
+            };
+            let synced = match file {
+                Ok(f) => tokio::task::spawn_blocking(move || f.sync_data())
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e))),
+                Err(e) => Err(e),
+            };
+            if let Err(err) = synced {
+                // As when a result cannot be written: it is sent anyway.
+                tracing::error!(error = %err, "cannot sync the result journal; results are sent without it");
+            }
+            self.synced.fetch_max(ticket, Ordering::SeqCst);
+            self.notify.notify_one();
+        }
+    }
+
+    /// May the result of `e` be sent (is its journal record on disk)?
+    fn durable(&self, e: &Entry) -> bool {
+        e.ticket <= self.synced.load(Ordering::SeqCst)
     }
 
     /// `log_ack`: every line of the task up to `seq` is stored.
@@ -608,6 +676,8 @@ impl Spool {
             };
             let step = if logs {
                 self.next_logs(&id, e)
+            } else if !self.durable(e) {
+                Step::Nothing
             } else {
                 next_v1(e)
             };
@@ -650,6 +720,9 @@ impl Spool {
             }));
         }
         if let Some(r) = &e.result {
+            if !self.durable(e) {
+                return Step::Nothing;
+            }
             return Step::Frame(r.clone());
         }
         if e.done() {
@@ -667,6 +740,7 @@ impl Spool {
             return;
         };
         e.result = None;
+        e.ticket = 0;
         if !logs || e.done() {
             e.discard();
             inner.remove(task_id);
@@ -942,6 +1016,55 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[tokio::test]
+    async fn with_the_syncer_a_result_waits_for_its_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Spool::open(dir.path(), 64 * MIB).unwrap());
+        // Deferred as sync_results sets it, before its loop first runs.
+        s.deferred.store(true, Ordering::SeqCst);
+        for t in ["a", "b"] {
+            s.begin(t, None);
+            s.finish(t, None, completed(t));
+        }
+        // Recorded in the journal, not yet covered by a sync: held back.
+        assert_eq!(s.journal().pending(), 2);
+        assert!(drain(&s, false, false).is_empty());
+        assert!(drain(&s, true, false).iter().all(|m| !m.is_terminal()));
+
+        let syncer = tokio::spawn(s.clone().sync_results());
+        let mut sent = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sent.len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "results never sent");
+            let wake = s.notified();
+            let frames = drain(&s, true, false);
+            sent.extend(frames.into_iter().filter(|m| m.is_terminal()));
+            if sent.len() < 2 {
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(100), wake).await;
+            }
+        }
+        let mut ids: Vec<&str> = sent.iter().map(|m| m.task_id()).collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b"]);
+        // One sync covered both.
+        assert_eq!(s.synced.load(Ordering::SeqCst), 2);
+        assert_eq!(s.journal().pending(), 0);
+
+        // Later results go through the same syncer.
+        s.begin("c", None);
+        s.finish("c", None, completed("c"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let wake = s.notified();
+            if drain(&s, true, false).iter().any(|m| m.is_terminal()) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "result c never sent");
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), wake).await;
+        }
+        syncer.abort();
     }
 
     #[test]

@@ -84,6 +84,8 @@ impl Worker {
             abort.clone(),
         );
         let mut conn_task = tokio::spawn(conn.run());
+        // Results are synced to the journal off this loop, several at once.
+        tokio::spawn(spool.clone().sync_results());
 
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut worker = Worker {
