@@ -395,42 +395,41 @@ fn signal_tree(pgids: &[i32], procs: &[i32], sig: Signal) {
 /// subreaper: the orphans of tasks), with their stat. Zombies among them are
 /// reaped on the way.
 ///
+/// Only the main thread's list is read: the kernel gives an orphan to the
+/// first live thread of the subreaper, which is the main thread (alive for
+/// as long as the process). The children of the other threads are the
+/// processes spawned here, all registered and skipped anyway; reading their
+/// lists too cost a directory read and a file read per thread at every task.
 /// A children list can miss an entry when another child of the same thread
-/// is reaped while it is read. Orphans all go to the main thread (the
-/// kernel picks the first live thread of the subreaper), whose only
-/// children are orphans, and those are reaped only here, under the lock.
+/// is reaped while it is read; the main thread's children are orphans (or
+/// registered), and orphans are reaped only here, under the lock.
 fn orphans() -> Vec<(i32, Stat)> {
     let me = std::process::id() as i32;
     let set = spawned();
     let mut found = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
         return found;
     };
-    for task in tasks.flatten() {
-        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+    for pid in list
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        if set.contains(&pid) {
+            continue;
+        }
+        // The pid may have been reaped and reused since the list was read:
+        // only a child of ours counts.
+        let Some(st) = read_stat(pid).filter(|st| st.ppid == me) else {
             continue;
         };
-        for pid in list
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            if set.contains(&pid) {
-                continue;
+        if st.dead() {
+            match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(status) => tracing::debug!(pid, ?status, "reaped an orphan of a task"),
+                Err(e) => tracing::debug!(pid, error = %e, "cannot reap an orphan"),
             }
-            // The pid may have been reaped and reused since the list was
-            // read: only a child of ours counts.
-            let Some(st) = read_stat(pid).filter(|st| st.ppid == me) else {
-                continue;
-            };
-            if st.dead() {
-                match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(status) => tracing::debug!(pid, ?status, "reaped an orphan of a task"),
-                    Err(e) => tracing::debug!(pid, error = %e, "cannot reap an orphan"),
-                }
-                continue;
-            }
-            found.push((pid, st));
+            continue;
         }
+        found.push((pid, st));
     }
     found
 }
