@@ -50,10 +50,12 @@ use crate::{
 /// searches) so they never hold up the main one.
 const READERS: usize = 3;
 /// The dispatcher's next run for a worker id, from the partial index
-/// `runs_dispatch` (queued runs only). `'QUEUED'` is written out: with a bound
+/// `runs_dispatch` (queued runs only; `runs_team_worker` has the same
+/// columns, so the index is named). `'QUEUED'` is written out: with a bound
 /// value SQLite can still use the index, but re-prepares the statement at
 /// every new binding to check that it may.
-const NEXT_QUEUED: &str = "SELECT run_id FROM runs WHERE team_id = $1 AND worker_host = $2 \
+const NEXT_QUEUED: &str = "SELECT run_id FROM runs INDEXED BY runs_dispatch \
+     WHERE team_id = $1 AND worker_host = $2 \
      AND state = 'QUEUED' ORDER BY created_at, run_id LIMIT 1";
 
 /// Log lines deleted per statement by the retention sweep.

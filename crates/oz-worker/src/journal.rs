@@ -97,7 +97,10 @@ impl ResultJournal {
         match fs::read(&path) {
             Ok(bytes) => {
                 let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-                rewrite = end > 0;
+                // Anything but zeros is rewritten away, also after the first
+                // NUL: an emptying cut short by a crash can leave old records
+                // there, which new ones would otherwise grow into.
+                rewrite = bytes.iter().any(|b| *b != 0);
                 let mut rest = &bytes[..end];
                 while !rest.is_empty() {
                     let (line, complete) = match rest.iter().position(|b| *b == b'\n') {
@@ -331,6 +334,11 @@ impl ResultJournal {
             }
             f.sync_data()?;
             fs::rename(&tmp, &self.path)?;
+            // The rename must be on disk before results written to the new
+            // file are sent: their syncs flush data only, not the directory.
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
             Ok(len)
         })();
         match written {
@@ -549,6 +557,23 @@ mod tests {
         let (mut j, list) = ResultJournal::open(dir.path()).unwrap();
         assert!(list.is_empty());
         j.put(&pending("new", 2)).unwrap();
+        drop(j);
+        let (_, list) = ResultJournal::open(dir.path()).unwrap();
+        assert_eq!(ids(&list), ["new"]);
+    }
+
+    #[test]
+    fn old_records_behind_zeros_are_cleared_before_new_ones_are_written() {
+        // An emptying cut short by a crash: the first block is zeros, old
+        // records (here a done for the task about to run again) follow.
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = vec![0u8; 8];
+        bytes.extend(vec![b'\n'; 300]);
+        bytes.extend(b"{\"done\":{\"task_id\":\"new\"}}\n");
+        fs::write(dir.path().join(JOURNAL_FILE), &bytes).unwrap();
+        let (mut j, list) = ResultJournal::open(dir.path()).unwrap();
+        assert!(list.is_empty());
+        j.put(&pending("new", 1)).unwrap();
         drop(j);
         let (_, list) = ResultJournal::open(dir.path()).unwrap();
         assert_eq!(ids(&list), ["new"]);

@@ -43,6 +43,8 @@ const KILL_ROUNDS_LIMIT: Duration = Duration::from_secs(5);
 
 /// Set once this process is a child subreaper and can list its children.
 static SUBREAPER: AtomicBool = AtomicBool::new(false);
+/// Orphans are found in the main thread's children list alone.
+static MAIN_THREAD_ADOPTS: AtomicBool = AtomicBool::new(false);
 /// Pids of the children spawned here whose exit status tokio has not yet
 /// collected. Spawns and reaps of orphans both hold this lock, so a child
 /// of ours that is not in the set is an orphan.
@@ -64,8 +66,29 @@ pub fn become_subreaper() -> io::Result<()> {
     // full scans (orphans are then only reaped, never searched for here).
     let me = std::process::id();
     std::fs::read(format!("/proc/{me}/task/{me}/children"))?;
+    MAIN_THREAD_ADOPTS.store(main_thread_adopts(), Ordering::SeqCst);
     SUBREAPER.store(true, Ordering::SeqCst);
     Ok(())
+}
+
+/// Since Linux 3.19 the kernel gives an orphan to the subreaper's first
+/// live thread, the main thread; before, to the thread that had spawned its
+/// parent. Unknown release strings count as old (every thread is read).
+fn main_thread_adopts() -> bool {
+    release_adopts_in_main_thread(
+        &std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),
+    )
+}
+
+fn release_adopts_in_main_thread(release: &str) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (3, 19),
+        _ => false,
+    }
 }
 
 fn subreaper() -> bool {
@@ -395,9 +418,10 @@ fn signal_tree(pgids: &[i32], procs: &[i32], sig: Signal) {
 /// subreaper: the orphans of tasks), with their stat. Zombies among them are
 /// reaped on the way.
 ///
-/// Only the main thread's list is read: the kernel gives an orphan to the
-/// first live thread of the subreaper, which is the main thread (alive for
-/// as long as the process). The children of the other threads are the
+/// Only the main thread's list is read (Linux 3.19 and later; see
+/// [`main_thread_adopts`]): the kernel gives an orphan to the first live
+/// thread of the subreaper, which is the main thread (alive for as long as
+/// the process). The children of the other threads are the
 /// processes spawned here, all registered and skipped anyway; reading their
 /// lists too cost a directory read and a file read per thread at every task.
 /// A children list can miss an entry when another child of the same thread
@@ -407,11 +431,22 @@ fn orphans() -> Vec<(i32, Stat)> {
     let me = std::process::id() as i32;
     let set = spawned();
     let mut found = Vec::new();
-    let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
-        return found;
+    let lists: Vec<String> = if MAIN_THREAD_ADOPTS.load(Ordering::SeqCst) {
+        std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+            .into_iter()
+            .collect()
+    } else {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return found;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .collect()
     };
-    for pid in list
-        .split_whitespace()
+    for pid in lists
+        .iter()
+        .flat_map(|l| l.split_whitespace())
         .filter_map(|p| p.parse::<i32>().ok())
     {
         if set.contains(&pid) {
@@ -559,6 +594,21 @@ pub fn describe(status: &ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernels_that_give_orphans_to_the_main_thread() {
+        for (release, yes) in [
+            ("6.18.44-fc-v857", true),
+            ("3.19.0", true),
+            ("4.2.0-27-generic", true),
+            ("3.10.0-1160.el7.x86_64", false),
+            ("2.6.32", false),
+            ("", false),
+            ("unknown", false),
+        ] {
+            assert_eq!(release_adopts_in_main_thread(release), yes, "{release}");
+        }
+    }
 
     #[test]
     fn exit_codes_and_descriptions() {

@@ -41,6 +41,15 @@ pub mod exit {
     pub const FORCED: u8 = 4;
 }
 
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Active {
     control: TaskControl,
     execution_id: Option<String>,
@@ -85,7 +94,8 @@ impl Worker {
         );
         let mut conn_task = tokio::spawn(conn.run());
         // Results are synced to the journal off this loop, several at once.
-        tokio::spawn(spool.clone().sync_results());
+        // Stopped when run returns (the spool holds the state dir's lock).
+        let _syncer = AbortOnDrop(tokio::spawn(spool.clone().sync_results()));
 
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut worker = Worker {
