@@ -21,6 +21,7 @@ use oz_protocol::{
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::Settings;
 use crate::connection::{Connection, Finish};
@@ -39,15 +40,6 @@ pub mod exit {
     pub const OK: u8 = 0;
     pub const CUT_SHORT: u8 = 3;
     pub const FORCED: u8 = 4;
-}
-
-/// Aborts its task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 struct Active {
@@ -95,7 +87,7 @@ impl Worker {
         let mut conn_task = tokio::spawn(conn.run());
         // Results are synced to the journal off this loop, several at once.
         // Stopped when run returns (the spool holds the state dir's lock).
-        let _syncer = AbortOnDrop(tokio::spawn(spool.clone().sync_results()));
+        let _syncer = AbortOnDropHandle::new(tokio::spawn(spool.clone().sync_results()));
 
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut worker = Worker {
