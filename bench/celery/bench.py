@@ -259,6 +259,25 @@ def stop_process(proc, name, grace=15.0, group=False):
                 pass
 
 
+def compile_probe(tmp):
+    """bench/agent/probe.c built as oz-bench's build.rs builds it (static if
+    the C library allows); the path of the executable."""
+    src = os.path.join(os.path.dirname(HERE), "agent", "probe.c")
+    exe = os.path.join(tmp, "oz-bench-probe")
+    cc = os.environ.get("CC", "cc")
+    base = [cc, "-O2", "-Wall", "-Wextra", "-o", exe, src]
+    for extra in (["-static"], []):
+        try:
+            r = subprocess.run(base + extra, capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            raise SystemExit(f"C compiler {cc!r} not found: install one or set CC (or use --agent sh-date)")
+        if r.returncode == 0:
+            if not extra:
+                log("warning: the probe is linked dynamically (no static libc)")
+            return exe
+    raise SystemExit(f"cannot compile {src}:\n{r.stderr}")
+
+
 # ---------------------------------------------------------------- redis
 
 
@@ -353,9 +372,10 @@ class Worker:
         self.logfile = os.path.join(tmp, f"worker-{concurrency}.log")
         self.proc = None
 
-    def start(self):
+    def start(self, agent):
         env = dict(os.environ)
         env["OZ_BENCH_REDIS_URL"] = self.redis_url
+        env["OZ_BENCH_AGENT"] = agent
         env["PYTHONPATH"] = HERE + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
         args = [
@@ -511,6 +531,9 @@ def parse_args():
                    help="quiet time before the idle memory sample (default 2)")
     p.add_argument("--task-timeout", type=float, default=120.0,
                    help="seconds to wait for any one result (default 120)")
+    p.add_argument("--agent", choices=["probe", "sh-date"], default="probe",
+                   help="the trivial agent: probe (bench/agent/probe.c, compiled here with cc, "
+                        "as oz-bench does) or sh-date (/bin/sh running date +%%s%%N) (default probe)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes, only to check that the benchmark works")
     p.add_argument("--out", default=DEFAULT_OUT,
@@ -549,6 +572,8 @@ def main():
         redis.start()
         log(f"redis-server {redis.version()} on 127.0.0.1:{redis.port}")
         os.environ["OZ_BENCH_REDIS_URL"] = redis.url
+        agent = compile_probe(tmp) if args.agent == "probe" else "sh-date"
+        log(f"agent: {agent}")
         sys.path.insert(0, HERE)
         import tasks
 
@@ -560,7 +585,7 @@ def main():
         for n in args.levels:
             log(f"N={n}: starting celery worker (prefork, concurrency {n})")
             worker = Worker(n, redis.url, tmp)
-            worker.start()
+            worker.start(agent)
             worker.wait_ready(app)
             warm_up(run, tmp, n, args.task_timeout)
             time.sleep(args.idle_seconds)
@@ -599,7 +624,7 @@ def main():
         result = {
             "bench": "celery",
             "description": "Celery (Redis broker and result backend, prefork pool) running "
-                           "the trivial task: workspace dir, /bin/sh -c 'date +%s%N > \"$OUT/$ID\"', "
+                           "the trivial task: workspace dir, the trivial agent (see config.agent), "
                            "wait, workspace removed",
             "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "duration_s": round(time.time() - started, 1),
@@ -615,6 +640,7 @@ def main():
                 "python": platform.python_version(),
             },
             "config": {
+                "agent": args.agent,
                 "concurrency": args.levels,
                 "latency_tasks": args.latency_tasks,
                 "batch": args.batch,

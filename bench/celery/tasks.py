@@ -7,7 +7,7 @@ environment and its stdout/stderr piped (the Oz worker captures both), wait
 for it, remove the workspace, and return the exit status.
 
 The agent writes the time it started, in nanoseconds since the epoch, to
-``$OUT/$ID``; bench.py reads those files to tell when each task's process
+``$OZ_BENCH_STAMPS/$TASK_ID``; bench.py reads those files to tell when each task's process
 really started.
 
 Broker and result backend come from OZ_BENCH_REDIS_URL (set by bench.py).
@@ -30,8 +30,12 @@ app.conf.update(
     accept_content=["json"],
 )
 
-# The same trivial agent the Oz benchmark runs.
-AGENT = ["/bin/sh", "-c", 'date +%s%N > "$OUT/$ID"']
+# The same trivial agent the Oz benchmark runs: the probe bench.py compiled
+# (its path in OZ_BENCH_AGENT), or, with OZ_BENCH_AGENT=sh-date, the shell
+# script of the first reports.
+SH_DATE = ["/bin/sh", "-c", 'date +%s%N > "$OZ_BENCH_STAMPS/$TASK_ID"']
+_agent = os.environ.get("OZ_BENCH_AGENT", "sh-date")
+AGENT = SH_DATE if _agent == "sh-date" else [_agent]
 
 
 @app.task(name="ozbench.run")
@@ -44,8 +48,8 @@ def run(task_id: str, workspace_root: str, out_dir: str) -> int:
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": workspace,
-            "OUT": out_dir,
-            "ID": task_id,
+            "OZ_BENCH_STAMPS": out_dir,
+            "TASK_ID": task_id,
         }
         proc = subprocess.run(
             AGENT,

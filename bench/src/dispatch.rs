@@ -1,21 +1,21 @@
 //! `oz-bench dispatch`: latency of one run at a time.
 //!
 //! For each run: the bench takes the wall clock when `POST /agent/runs`
-//! answers; the trivial agent writes `date +%s%N` as soon as it starts;
+//! answers; the trivial agent writes the wall clock as soon as it starts;
 //! the server's terminal transition is the run's `updated_at` once it is
 //! terminal (microseconds, same clock). The bench waits for the end on the
 //! run's log stream (`event: end`), then submits the next run.
 //!
-//! The agent's own start cost (fork/exec of `/bin/sh` and `date`, measured
-//! by spawning the same script directly) is reported beside it, so that
-//! what is ours can be told apart.
+//! The agent's own start cost (measured by spawning the same agent directly
+//! from the bench) is reported beside it, so that what is ours can be told
+//! apart.
 
 use serde_json::{Value, json};
 
 use crate::floor::Floor;
 use crate::harness::{
-    Server, Stamps, Worker, WorkerSpec, check, cpu_secs, ended_ns, is_success, machine, ms, now_ns,
-    pct, round, submit, summary, wait_end,
+    Agent, Server, Stamps, Worker, WorkerSpec, check, cpu_secs, ended_ns, is_success, machine, ms,
+    now_ns, pct, round, submit, summary, wait_end,
 };
 use oz_cli::client::Client;
 
@@ -102,10 +102,10 @@ pub async fn run(o: &Opts) -> anyhow::Result<Value> {
     let server = Server::start().await?;
     let client = server.client()?;
     let stamps = Stamps::new()?;
-    let agent = stamps.agent(None);
+    let agent = stamps.agent();
     let worker = Worker::start(
         &server,
-        &WorkerSpec::new("dispatch", &agent, o.max_concurrent),
+        &WorkerSpec::new("dispatch", Agent::Exe(&agent), o.max_concurrent),
     )
     .await?;
     series(&client, "dispatch", &stamps, o.warmup).await?;

@@ -11,7 +11,7 @@
 //! from just before the spawn to the timestamp the agent writes.
 
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,7 +42,6 @@ impl Opts {
 /// The trivial agent on disk, and where its workspaces go.
 pub struct Floor {
     stamps: Stamps,
-    agent: PathBuf,
     root: tempfile::TempDir,
     path_var: String,
     home: String,
@@ -52,13 +51,9 @@ impl Floor {
     pub fn new() -> anyhow::Result<Floor> {
         let stamps = Stamps::new()?;
         let root = tempfile::tempdir()?;
-        let agent = root.path().join("agent.sh");
-        std::fs::write(&agent, format!("#!/bin/sh\n{}\n", stamps.agent(None)))?;
-        std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         std::fs::create_dir(root.path().join("ws"))?;
         Ok(Floor {
             stamps,
-            agent,
             path_var: std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
             home: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
             root,
@@ -92,7 +87,7 @@ impl Floor {
             self.hook(": setup", &dir).await?;
         }
         let spawned = now_ns();
-        let st = Command::new(&self.agent)
+        let st = Command::new(self.stamps.agent())
             .args(["agent", "run", "--task-id", id])
             .current_dir(&dir)
             .env_clear()

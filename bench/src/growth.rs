@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 
 use crate::dispatch::{describe, series, to_agent};
 use crate::harness::{
-    Server, Stamps, Submitted, Worker, WorkerSpec, check, cpu_secs, ended_ns, machine, mib, ms,
-    pct, round, rss_kib, submit_many, summary, wait_workers,
+    Agent, Server, Stamps, Submitted, Worker, WorkerSpec, check, cpu_secs, ended_ns, machine, mib,
+    ms, pct, round, rss_kib, submit_many, summary, wait_workers,
 };
 
 pub struct Opts {
@@ -105,20 +105,24 @@ async fn one_size(o: &Opts, n: usize) -> anyhow::Result<Value> {
 
     // 2. Probe on another worker id while the queue waits.
     let probe_stamps = Stamps::new()?;
-    let probe_agent = probe_stamps.agent(None);
-    let probe = Worker::start(&server, &WorkerSpec::new("probe", &probe_agent, 1)).await?;
+    let probe_agent = probe_stamps.agent();
+    let probe = Worker::start(
+        &server,
+        &WorkerSpec::new("probe", Agent::Exe(&probe_agent), 1),
+    )
+    .await?;
     let probe_queued = series(&client, "probe", &probe_stamps, o.probe_runs).await?;
     probe.stop().await;
 
     // 3. Drain.
     let stamps = Stamps::new()?;
-    let agent = stamps.agent(None);
+    let agent = stamps.agent();
     let slots = o.drain_concurrency as usize;
     let s0 = cpu_secs(server.pid());
     let t1 = Instant::now();
     let worker = Worker::spawn(
         &server,
-        &WorkerSpec::new("growth", &agent, o.drain_concurrency),
+        &WorkerSpec::new("growth", Agent::Exe(&agent), o.drain_concurrency),
     )?;
     let mut points = vec![Point {
         secs: 0.0,

@@ -27,7 +27,7 @@ pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Wall-clock time (CLOCK_REALTIME) in nanoseconds since the epoch: the
-/// clock `date +%s%N` in the agent and the server's timestamps use.
+/// clock the agent's timestamp and the server's timestamps use.
 pub fn now_ns() -> i128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -133,18 +133,26 @@ impl Server {
     }
 }
 
+/// What a worker runs as its agent (its `oz_path`).
+#[derive(Clone, Copy)]
+pub enum Agent<'a> {
+    /// An executable, e.g. [`Stamps::agent`].
+    Exe(&'a Path),
+    /// The body of a script run by `/bin/sh`.
+    Script(&'a str),
+}
+
 /// How to start one `oz-agent-worker`.
 pub struct WorkerSpec<'a> {
     pub id: &'a str,
-    /// Body of the agent script (`oz_path`), run by `/bin/sh`.
-    pub agent: &'a str,
+    pub agent: Agent<'a>,
     pub max: u32,
     pub setup: Option<&'a str>,
     pub teardown: Option<&'a str>,
 }
 
 impl<'a> WorkerSpec<'a> {
-    pub fn new(id: &'a str, agent: &'a str, max: u32) -> Self {
+    pub fn new(id: &'a str, agent: Agent<'a>, max: u32) -> Self {
         WorkerSpec {
             id,
             agent,
@@ -174,9 +182,14 @@ impl Worker {
     /// [`wait_workers`]).
     pub fn spawn(server: &Server, spec: &WorkerSpec<'_>) -> anyhow::Result<Worker> {
         let dir = tempfile::tempdir()?;
-        let oz = dir.path().join("agent.sh");
-        std::fs::write(&oz, format!("#!/bin/sh\n{}\n", spec.agent))?;
-        std::fs::set_permissions(&oz, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let oz = match spec.agent {
+            Agent::Exe(path) => path.to_path_buf(),
+            Agent::Script(body) => {
+                let path = dir.path().join("agent.sh");
+                write_exe(&path, format!("#!/bin/sh\n{body}\n").as_bytes())?;
+                path
+            }
+        };
         let q = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap_or_default();
         let mut cfg = format!(
             "max_concurrent_tasks: {}\nstate_dir: {}\nbackend:\n  direct:\n    workspace_root: {}\n    oz_path: {}\n",
@@ -265,32 +278,90 @@ pub async fn wait_workers(client: &Client, id: &str, count: usize) -> anyhow::Re
     bail!("{count} worker(s) with id {id} did not connect")
 }
 
-/// The trivial agent: it writes `date +%s%N` to a file named by its
-/// `$TASK_ID` in a directory of its own, then exits (or runs `tail`).
+/// Which trivial agent the benchmarks run (`oz-bench --agent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentKind {
+    /// `bench/agent/probe.c`, statically linked: reads the clock before
+    /// anything else, writes it, exits.
+    Probe,
+    /// `/bin/sh` running `date +%s%N`: the agent of the first four reports,
+    /// which spends about 1.3 ms of its own before its timestamp.
+    ShDate,
+}
+
+impl AgentKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AgentKind::Probe => "probe",
+            AgentKind::ShDate => "sh-date",
+        }
+    }
+}
+
+static AGENT_KIND: OnceLock<AgentKind> = OnceLock::new();
+
+/// Choose the trivial agent for this process (once, before any
+/// [`Stamps::new`]); without a call it is [`AgentKind::Probe`].
+pub fn set_agent_kind(kind: AgentKind) {
+    let _ = AGENT_KIND.set(kind);
+}
+
+pub fn agent_kind() -> AgentKind {
+    AGENT_KIND.get().copied().unwrap_or(AgentKind::Probe)
+}
+
+/// The probe, compiled by build.rs from `agent/probe.c`.
+const PROBE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/oz-bench-probe"));
+
+fn write_exe(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .with_context(|| format!("cannot make {} executable", path.display()))
+}
+
+/// The trivial agent and the timestamps it leaves: `<dir>/agent` writes
+/// the time it started (ns since the epoch) to `<dir>/stamps/$TASK_ID` and
+/// exits 0.
 pub struct Stamps {
     dir: tempfile::TempDir,
 }
 
 impl Stamps {
     pub fn new() -> anyhow::Result<Stamps> {
-        Ok(Stamps {
-            dir: tempfile::tempdir()?,
-        })
+        let dir = tempfile::tempdir()?;
+        let stamps = dir.path().join("stamps");
+        std::fs::create_dir(&stamps)?;
+        let agent = dir.path().join("agent");
+        match agent_kind() {
+            AgentKind::Probe => write_exe(&agent, PROBE)?,
+            AgentKind::ShDate => write_exe(
+                &agent,
+                format!(
+                    "#!/bin/sh\ndate +%s%N > {}/\"$TASK_ID\"\n",
+                    sh_quote(&stamps)
+                )
+                .as_bytes(),
+            )?,
+        }
+        Ok(Stamps { dir })
     }
 
-    /// The agent script body; `tail` runs after the stamp (e.g. `sleep 5`).
-    pub fn agent(&self, tail: Option<&str>) -> String {
-        let mut s = format!("date +%s%N > {}/\"$TASK_ID\"", self.dir.path().display());
-        if let Some(t) = tail {
-            s.push('\n');
-            s.push_str(t);
-        }
-        s
+    /// The agent executable.
+    pub fn agent(&self) -> PathBuf {
+        self.dir.path().join("agent")
+    }
+
+    /// A script that runs the agent, then `tail` (e.g. `exec sleep 5`).
+    pub fn agent_then(&self, tail: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("agent-then.sh");
+        let body = format!("#!/bin/sh\n{} || exit\n{tail}\n", sh_quote(&self.agent()));
+        write_exe(&path, body.as_bytes())?;
+        Ok(path)
     }
 
     /// When the agent of `task_id` started (ns since the epoch).
     pub fn read(&self, task_id: &str) -> Option<i128> {
-        std::fs::read_to_string(self.dir.path().join(task_id))
+        std::fs::read_to_string(self.dir.path().join("stamps").join(task_id))
             .ok()?
             .trim()
             .parse()
@@ -298,10 +369,15 @@ impl Stamps {
     }
 
     pub fn count(&self) -> usize {
-        std::fs::read_dir(self.dir.path())
+        std::fs::read_dir(self.dir.path().join("stamps"))
             .map(|d| d.count())
             .unwrap_or(0)
     }
+}
+
+/// `path` in single quotes for `/bin/sh`.
+fn sh_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }
 
 /// The body of `POST /agent/runs` for a run on `worker_id`.
@@ -532,6 +608,7 @@ pub fn machine() -> Value {
         "cpu_model": model,
         "memory": mem,
         "build": profile,
+        "agent": agent_kind().name(),
         "date": chrono::Utc::now().to_rfc3339(),
     })
 }

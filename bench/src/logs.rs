@@ -7,7 +7,7 @@ use anyhow::bail;
 use oz_cli::client::Client;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, Worker, WorkerSpec, machine, rss_kib, run_body};
+use crate::harness::{Agent, Server, Worker, WorkerSpec, machine, rss_kib, run_body};
 
 pub struct Opts {
     pub bytes: u64,
@@ -91,7 +91,7 @@ pub async fn run(o: &Opts) -> anyhow::Result<Value> {
     let agent = format!("head -c {bytes} /dev/zero | tr '\\0' 'x' | fold -w 99");
     let _worker = Worker::start(
         &server,
-        &WorkerSpec::new("bench", &agent, concurrent.max(8) + 4),
+        &WorkerSpec::new("bench", Agent::Script(&agent), concurrent.max(8) + 4),
     )
     .await?;
     let (idle_rss, _) = rss_kib(server.pid());
@@ -116,7 +116,7 @@ pub async fn run(o: &Opts) -> anyhow::Result<Value> {
     );
     let _slow = Worker::start(
         &server,
-        &WorkerSpec::new("bench-many", &slow_agent, concurrent + 4),
+        &WorkerSpec::new("bench-many", Agent::Script(&slow_agent), concurrent + 4),
     )
     .await?;
     let mut runs = Vec::new();

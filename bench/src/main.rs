@@ -35,6 +35,11 @@ struct Cli {
     /// Write the results (JSON) here; default: print them.
     #[arg(long, global = true, value_name = "PATH")]
     out: Option<PathBuf>,
+    /// The trivial agent: `probe` (a static binary that writes the time it
+    /// started and exits) or `sh-date` (`/bin/sh` running `date +%s%N`, the
+    /// agent of the first four reports).
+    #[arg(long, global = true, value_enum, default_value = "probe")]
+    agent: harness::AgentKind,
 }
 
 #[derive(Subcommand)]
@@ -245,6 +250,7 @@ impl GrowthArgs {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    harness::set_agent_kind(cli.agent);
     let smoke = cli.smoke;
     let result = match cli.bench {
         Bench::Logs {

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::dispatch::{describe, series, to_agent};
 use crate::harness::{
-    Server, Stamps, Worker, WorkerSpec, check, cpu_secs, machine, mib, pct, round, rss_kib,
+    Agent, Server, Stamps, Worker, WorkerSpec, check, cpu_secs, machine, mib, pct, round, rss_kib,
     submit_many, wait_terminal,
 };
 
@@ -99,8 +99,12 @@ pub async fn run(o: &Opts) -> anyhow::Result<Value> {
     // A worker with `running` slots whose agents stay up a while.
     let stamps = Stamps::new()?;
     let hold = if o.running <= 4 { 1 } else { 5 };
-    let agent = stamps.agent(Some(&format!("exec sleep {hold}")));
-    let worker = Worker::start(&server, &WorkerSpec::new("mem", &agent, o.running as u32)).await?;
+    let agent = stamps.agent_then(&format!("exec sleep {hold}"))?;
+    let worker = Worker::start(
+        &server,
+        &WorkerSpec::new("mem", Agent::Exe(&agent), o.running as u32),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let worker_idle = rss_kib(worker.pid()).0;
     let server_one_worker = rss_kib(server.pid()).0;
@@ -128,8 +132,12 @@ pub async fn run(o: &Opts) -> anyhow::Result<Value> {
 
     // Dispatch probe before and with the simulated workers.
     let probe_stamps = Stamps::new()?;
-    let probe_agent = probe_stamps.agent(None);
-    let probe = Worker::start(&server, &WorkerSpec::new("probe", &probe_agent, 1)).await?;
+    let probe_agent = probe_stamps.agent();
+    let probe = Worker::start(
+        &server,
+        &WorkerSpec::new("probe", Agent::Exe(&probe_agent), 1),
+    )
+    .await?;
     let before = series(&client, "probe", &probe_stamps, o.probe_runs).await?;
     let server_before_sims = rss_kib(server.pid()).0;
 

@@ -25,8 +25,8 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::floor;
 use crate::harness::{
-    Server, Stamps, Submitted, Worker, WorkerSpec, check, cpu_secs, ended_ns, is_success, machine,
-    ms, now_ns, round, submit, wait_workers,
+    Agent, Server, Stamps, Submitted, Worker, WorkerSpec, check, cpu_secs, ended_ns, is_success,
+    machine, ms, now_ns, round, submit, wait_workers,
 };
 
 pub struct Opts {
@@ -175,9 +175,9 @@ async fn measure(setup: &Setup, o: &Opts) -> anyhow::Result<Value> {
     let server = Server::start().await?;
     let client = server.client()?;
     let stamps = Stamps::new()?;
-    let agent = stamps.agent(None);
+    let agent = stamps.agent();
     let id = "tput";
-    let spec = WorkerSpec::new(id, &agent, setup.max).hooks(setup.hooks);
+    let spec = WorkerSpec::new(id, Agent::Exe(&agent), setup.max).hooks(setup.hooks);
     let mut workers = Vec::new();
     for _ in 0..setup.workers {
         workers.push(Worker::spawn(&server, &spec)?);
