@@ -1049,10 +1049,8 @@ impl Store for SqliteStore {
         patch: RunPatch,
         now: &str,
     ) -> Result<Option<Run>> {
-        // Two statements in one transaction rather than one UPDATE whose
-        // WHERE holds the SELECT: SQLite prepares that form again on every
-        // run (a subquery with a bound value), which was a fifth of the
-        // server's CPU under load (bench/REPORT.md).
+        // The oldest queued run, then the compare-and-set that takes it, in
+        // one transaction (each statement compiled once: see `Slot::new`).
         let op = "assign next run";
         let next = query(NEXT_QUEUED).bind(team_id).bind(worker_host);
         self.write(op, |tx| {
@@ -1349,6 +1347,95 @@ mod tests {
         assert_eq!(plan.len(), 1, "{plan:?}");
         assert!(plan[0].starts_with("SEARCH runs USING"), "{plan:?}");
         assert!(plan[0].contains("INDEX runs_dispatch"), "{plan:?}");
+    }
+
+    /// A state bound as a value and compared with a partial index's
+    /// condition (`runs_dispatch`: `state = 'QUEUED'`) made SQLite compile
+    /// the statement again every time the value was bound, which was most
+    /// of the dispatcher's statement cost (bench/REPORT.md). The statements
+    /// of a run's life are compiled once and reused.
+    #[tokio::test]
+    async fn a_runs_state_changes_are_compiled_once() {
+        let store = SqliteStore::open_url("sqlite::memory:").await.unwrap();
+        let now = "2026-01-01T00:00:00.000000Z";
+        store.create_team("t", "T", now).await.unwrap();
+        for i in 0..4 {
+            let run = NewRun {
+                run_id: format!("r{i}"),
+                team_id: "t".into(),
+                config: serde_json::json!({}),
+                source: "API".into(),
+                worker_host: "w".into(),
+                created_at: now.into(),
+                ..NewRun::default()
+            };
+            store.insert_run(run).await.unwrap();
+        }
+        let assign = RunPatch {
+            holder: Some(Some("conn".into())),
+            new_execution: true,
+            ..RunPatch::default()
+        };
+        let (pending, running) = ([RunState::Pending], [RunState::Inprogress]);
+        for _ in 0..4 {
+            let run = store
+                .assign_next("t", "w", assign.clone(), now)
+                .await
+                .unwrap()
+                .unwrap();
+            let id = &run.run_id;
+            let start = RunPatch::default();
+            let started = store.transition(id, &pending, RunState::Inprogress, start, now);
+            assert!(started.await.unwrap().is_some());
+            store.set_log_end(id, 0).await.unwrap();
+            let end = RunPatch::default();
+            let ended = store.transition(id, &running, RunState::Succeeded, end, now);
+            assert!(ended.await.unwrap().is_some());
+        }
+        let texts = [
+            NEXT_QUEUED.to_owned(),
+            cas_update(
+                "x",
+                &[RunState::Queued],
+                Some(RunState::Pending),
+                assign,
+                now,
+            )
+            .unwrap()
+            .text()
+            .to_owned(),
+            cas_update(
+                "x",
+                &pending,
+                Some(RunState::Inprogress),
+                RunPatch::default(),
+                now,
+            )
+            .unwrap()
+            .text()
+            .to_owned(),
+            cas_update(
+                "x",
+                &running,
+                Some(RunState::Succeeded),
+                RunPatch::default(),
+                now,
+            )
+            .unwrap()
+            .text()
+            .to_owned(),
+        ];
+        store
+            .with_connection(|c| {
+                for text in &texts {
+                    let st = c.prepare_cached(text).unwrap();
+                    let runs = st.get_status(rusqlite::StatementStatus::Run);
+                    assert!(runs >= 4, "{runs} runs of {text}");
+                    let again = st.get_status(rusqlite::StatementStatus::RePrepare);
+                    assert_eq!(again, 0, "compiled again {again} times: {text}");
+                }
+            })
+            .unwrap();
     }
 
     #[tokio::test]

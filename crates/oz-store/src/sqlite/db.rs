@@ -9,6 +9,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::types::{FromSql, Value};
 use rusqlite::{CachedStatement, Connection, ErrorCode, Row, Statement};
 use sha2::{Digest, Sha384};
@@ -28,6 +29,17 @@ pub(super) struct Slot(Mutex<Option<Connection>>);
 impl Slot {
     pub(super) fn new(conn: Connection) -> Slot {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // Plans that never depend on bound values. Without this guarantee
+        // SQLite looks at a statement's values while planning (an ORDER BY
+        // under an equality on a bound value, a bound value compared with a
+        // partial index's condition) and then compiles the statement again
+        // whenever a new value is bound: every dispatch and state change,
+        // about a tenth of the server's CPU under load (bench/REPORT.md).
+        // Where a plan needs a value (a partial index's state), the SQL
+        // names it literally.
+        if let Err(e) = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true) {
+            tracing::warn!(error = %e, "cannot enable SQLite's query planner stability guarantee; statements will be compiled again on new values");
+        }
         Slot(Mutex::new(Some(conn)))
     }
 
@@ -133,6 +145,12 @@ impl Query {
     pub(super) fn arg(&mut self, value: impl Arg) -> String {
         self.args.push(value.value());
         format!("${}", self.args.len())
+    }
+
+    /// The SQL text (to find the cached statement in tests).
+    #[cfg(test)]
+    pub(super) fn text(&self) -> &str {
+        &self.text
     }
 
     /// `IN ($a, $b, …)` over states; `states` must not be empty.
