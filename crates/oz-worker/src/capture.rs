@@ -41,6 +41,11 @@ pub const DRAIN_AFTER_SWEEP: Duration = Duration::from_secs(2);
 /// read before the next phase starts.
 pub const SETTLE_BETWEEN_PHASES: Duration = Duration::from_millis(250);
 const READ_CHUNK: usize = 64 * 1024;
+/// A pipe's first read buffer. Most output fits, a trivial agent writes
+/// nothing, and a read that fills it grows it to [`READ_CHUNK`]: zeroing
+/// 64 KiB for each of a task's pipes cost more than the rest of a trivial
+/// task's reading.
+const FIRST_READ: usize = 4 * 1024;
 
 /// A fixed set of secret values.
 #[derive(Debug)]
@@ -381,7 +386,7 @@ async fn read_stream<R>(
 where
     R: AsyncRead + Unpin,
 {
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = vec![0u8; FIRST_READ];
     let mut splitter = LineSplitter::default();
     let mut pieces = Vec::new();
     // Once swept: how much longer the pipe may be waited on.
@@ -429,9 +434,14 @@ where
             spool.append(&task_id, stream, phase, &now(), &pieces);
             pieces.clear();
         }
+        if n == buf.len() && buf.len() < READ_CHUNK {
+            buf.resize(READ_CHUNK, 0);
+        }
     }
     splitter.finish(&secrets.current(), &mut pieces);
-    spool.append(&task_id, stream, phase, &now(), &pieces);
+    if !pieces.is_empty() {
+        spool.append(&task_id, stream, phase, &now(), &pieces);
+    }
     cut
 }
 
