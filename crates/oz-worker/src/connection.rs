@@ -260,12 +260,12 @@ impl Connection {
             // Then the spool: log frames, log_end and terminal frames, as
             // far as the in-flight window allows.
             if let Some(logs) = self.logs {
-                while let Some(msg) = self.spool.next_frame(logs) {
-                    if let Err(end) = write(&mut ws, &msg).await {
+                while let Some(out) = self.spool.next_frame(logs) {
+                    if let Err(end) = write(&mut ws, &out.msg).await {
                         return end;
                     }
-                    if msg.is_terminal() {
-                        self.spool.written(msg.task_id(), logs);
+                    if out.msg.is_terminal() {
+                        self.spool.written(out.msg.task_id(), out.generation, logs);
                     }
                 }
             }

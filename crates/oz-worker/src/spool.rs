@@ -149,11 +149,16 @@ struct Entry {
     ticket: u64,
     lost: Option<Lost>,
     warned: bool,
+    /// Which execution of the task the entry holds now: it changes when
+    /// the task is assigned again, so that a result written by the
+    /// connection meanwhile is not taken for the new execution's.
+    generation: u64,
 }
 
 impl Entry {
-    fn new(path: PathBuf) -> Self {
+    fn new(path: PathBuf, generation: u64) -> Self {
         Entry {
+            generation,
             path,
             execution_id: None,
             writer: None,
@@ -232,6 +237,8 @@ struct Inner {
     tasks: HashMap<String, Entry>,
     /// Round-robin order of the tasks for sending.
     order: VecDeque<String>,
+    /// The last [`Entry::generation`] given out.
+    generations: u64,
 }
 
 impl Inner {
@@ -239,9 +246,18 @@ impl Inner {
         if !self.tasks.contains_key(task_id) {
             self.order.push_back(task_id.to_owned());
         }
-        self.tasks
+        let generation = self.generations + 1;
+        let e = self
+            .tasks
             .entry(task_id.to_owned())
-            .or_insert_with(|| Entry::new(spool_dir.join(format!("{task_id}.jsonl"))))
+            .or_insert_with(|| Entry::new(spool_dir.join(format!("{task_id}.jsonl")), generation));
+        self.generations = self.generations.max(e.generation);
+        e
+    }
+
+    fn next_generation(&mut self) -> u64 {
+        self.generations += 1;
+        self.generations
     }
 
     fn remove(&mut self, task_id: &str) {
@@ -394,8 +410,12 @@ impl Spool {
     /// numbering continues after them.
     pub fn begin(&self, task_id: &str, execution_id: Option<String>) {
         let mut inner = self.lock();
+        let generation = inner.next_generation();
         let e = inner.entry(task_id, &self.spool_dir);
         if e.finished {
+            // A new execution: a result of the old one that the connection
+            // is writing right now must not touch it (see `written`).
+            e.generation = generation;
             e.ticket = 0;
             if e.result.take().is_some() {
                 tracing::warn!(
@@ -663,8 +683,9 @@ impl Spool {
     /// The next frame to write, tasks taken in turn. With `logs`, a task's
     /// lines, then its `log_end`, then its terminal frame; without, only
     /// terminal frames of finished tasks, whose logs are discarded. After
-    /// writing a terminal frame, call [`Spool::written`].
-    pub fn next_frame(&self, logs: bool) -> Option<WorkerMessage> {
+    /// writing a terminal frame, call [`Spool::written`] with its
+    /// generation.
+    pub fn next_frame(&self, logs: bool) -> Option<Outgoing> {
         let mut inner = self.lock();
         for _ in 0..inner.order.len() {
             let Some(id) = inner.order.pop_front() else {
@@ -674,6 +695,7 @@ impl Spool {
             let Some(e) = inner.tasks.get_mut(&id) else {
                 continue;
             };
+            let generation = e.generation;
             let step = if logs {
                 self.next_logs(&id, e)
             } else if !self.durable(e) {
@@ -682,7 +704,7 @@ impl Spool {
                 next_v1(e)
             };
             match step {
-                Step::Frame(m) => return Some(m),
+                Step::Frame(msg) => return Some(Outgoing { msg, generation }),
                 Step::Nothing => {}
                 Step::Remove => inner.remove(&id),
             }
@@ -732,13 +754,25 @@ impl Spool {
         Step::Nothing
     }
 
-    /// The terminal frame of `task_id` was written to the socket.
-    pub fn written(&self, task_id: &str, logs: bool) {
+    /// The terminal frame of `task_id` that [`Spool::next_frame`] gave out
+    /// with `generation` was written to the socket. If the task was
+    /// assigned again meanwhile, the new execution is left alone: `begin`
+    /// already dropped the old result, and whatever the entry holds now
+    /// (lines, even a result) is the new execution's.
+    pub fn written(&self, task_id: &str, generation: u64, logs: bool) {
         let mut inner = self.lock();
-        self.journal().done(task_id);
         let Some(e) = inner.tasks.get_mut(task_id) else {
+            self.journal().done(task_id);
             return;
         };
+        if e.generation != generation {
+            tracing::debug!(
+                run_id = task_id,
+                "a result was written after its task was assigned again; the new execution keeps its entry"
+            );
+            return;
+        }
+        self.journal().done(task_id);
         e.result = None;
         e.ticket = 0;
         if !logs || e.done() {
@@ -760,6 +794,15 @@ impl Spool {
     pub fn awaiting_acks(&self) -> bool {
         self.lock().tasks.values().any(|e| e.send > e.base)
     }
+}
+
+/// A frame [`Spool::next_frame`] hands out.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub msg: WorkerMessage,
+    /// The execution of the task the frame belongs to, for
+    /// [`Spool::written`].
+    pub generation: u64,
 }
 
 enum Step {
@@ -985,15 +1028,15 @@ mod tests {
     /// Every frame `next_frame` gives now, acking each batch when `ack`.
     fn drain(s: &Spool, logs: bool, ack: bool) -> Vec<WorkerMessage> {
         let mut out = Vec::new();
-        while let Some(m) = s.next_frame(logs) {
-            match &m {
+        while let Some(Outgoing { msg, generation }) = s.next_frame(logs) {
+            match &msg {
                 WorkerMessage::LogLines(l) if ack => {
                     s.ack(&l.task_id, l.lines.last().map_or(0, |l| l.seq))
                 }
-                m if m.is_terminal() => s.written(m.task_id(), logs),
+                m if m.is_terminal() => s.written(m.task_id(), generation, logs),
                 _ => {}
             }
-            out.push(m);
+            out.push(msg);
         }
         out
     }
@@ -1065,6 +1108,50 @@ mod tests {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(100), wake).await;
         }
         syncer.abort();
+    }
+
+    /// The connection writes a result while the run is assigned again and
+    /// its new execution ends at once: the new result is still sent, and
+    /// its journal record kept until then.
+    #[test]
+    fn a_result_written_after_a_reassignment_leaves_the_new_execution_alone() {
+        for logs in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+            s.begin("t", Some("e1".into()));
+            append(&s, "t", &[line(10, b'a')]);
+            s.finish("t", Some("e1".into()), completed("t"));
+            // The connection takes frames up to the terminal one...
+            let old = loop {
+                let out = s.next_frame(logs).expect("a terminal frame");
+                if let WorkerMessage::LogLines(l) = &out.msg {
+                    s.ack("t", l.lines.last().map_or(0, |l| l.seq));
+                }
+                if out.msg.is_terminal() {
+                    break out;
+                }
+            };
+            // ...and while it writes it, the run comes back and ends again.
+            s.begin("t", Some("e2".into()));
+            append(&s, "t", &[line(5, b'x')]);
+            s.finish("t", Some("e2".into()), completed("t"));
+            assert_eq!(s.journal().pending(), 1);
+            s.written("t", old.generation, logs);
+            assert_eq!(s.journal().pending(), 1, "logs: {logs}");
+            assert_eq!(s.undelivered(), 1, "logs: {logs}");
+
+            let f = drain(&s, logs, true);
+            assert_eq!(f.iter().filter(|m| m.is_terminal()).count(), 1, "{f:?}");
+            if logs {
+                let lines = lines_of(&f);
+                assert_eq!(lines.len(), 1, "{lines:?}");
+                assert!(
+                    matches!(&f[f.len() - 2], WorkerMessage::LogEnd(e) if e.execution_id.as_deref() == Some("e2"))
+                );
+            }
+            assert_eq!(s.journal().pending(), 0);
+            assert_eq!(s.undelivered(), 0);
+        }
     }
 
     #[test]
@@ -1316,7 +1403,7 @@ mod tests {
         }
         let order: Vec<String> = std::iter::from_fn(|| s.next_frame(true))
             .take(4)
-            .map(|m| m.task_id().to_owned())
+            .map(|o| o.msg.task_id().to_owned())
             .collect();
         assert_eq!(order, ["a", "b", "a", "b"]);
     }
