@@ -562,7 +562,7 @@ impl DirectBackend {
             remove_dir_logged(&tmp);
         }
         if ws.owned && self.settings.cleanup && !forced {
-            remove_dir_logged(&ws.dir);
+            remove_workspace(&ws.dir);
         } else if ws.owned {
             tracing::info!(run_id, workspace = %ws.dir.display(), "keeping the workspace (cleanup disabled or forced stop)");
         }
@@ -707,6 +707,20 @@ fn remove_file_logged(path: &Path) {
     }
 }
 
+/// Remove a task's own workspace. Many hold nothing but our marker by now
+/// (an agent that cleans up after itself, or writes elsewhere): then the
+/// marker and the directory go in two calls, without opening, listing and
+/// inspecting the directory; otherwise the whole tree goes. The marker may
+/// go first either way (a tree is removed in directory order).
+fn remove_workspace(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(WORKSPACE_MARKER));
+    match std::fs::remove_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(_) => remove_dir_logged(dir),
+    }
+}
+
 fn remove_dir_logged(path: &Path) {
     if let Err(e) = std::fs::remove_dir_all(path)
         && e.kind() != io::ErrorKind::NotFound
@@ -743,5 +757,31 @@ impl TaskControl {
             Some(StopReason::User) => Outcome::Cancelled,
             _ => Outcome::Interrupted { exit_code },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workspace_is_removed_with_or_without_what_the_task_left() {
+        let root = tempfile::tempdir().unwrap();
+        // Only our marker: the short way.
+        let bare = root.path().join("bare");
+        std::fs::create_dir(&bare).unwrap();
+        std::fs::write(bare.join(WORKSPACE_MARKER), "{}").unwrap();
+        remove_workspace(&bare);
+        assert!(!bare.exists());
+        // Files and directories the task left: the whole tree.
+        let full = root.path().join("full");
+        std::fs::create_dir_all(full.join("a/b")).unwrap();
+        std::fs::write(full.join(WORKSPACE_MARKER), "{}").unwrap();
+        std::fs::write(full.join("a/b/f"), "x").unwrap();
+        std::fs::write(full.join("g"), "y").unwrap();
+        remove_workspace(&full);
+        assert!(!full.exists());
+        // Already gone (or never made): nothing to do, no panic.
+        remove_workspace(&root.path().join("missing"));
     }
 }

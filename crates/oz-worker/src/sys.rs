@@ -151,10 +151,13 @@ impl Marker {
         &self.value
     }
 
-    /// Note a process started for the task (the first one sets `since`).
-    fn spawned(&self, pid: i32) {
+    /// A process is about to start for the task: the first call sets
+    /// `since` to now, which no process started later is older than. The
+    /// clock is read instead of the new process's start time, which would
+    /// cost opening `/proc/<pid>/stat` for every task.
+    fn starting(&self) {
         if self.since.get().is_none()
-            && let Some(t) = process_start_time(pid)
+            && let Some(t) = boot_ticks_now()
         {
             let _ = self.since.set(t);
         }
@@ -228,10 +231,10 @@ pub async fn run_supervised(
     on_spawn: impl FnOnce(&mut Child),
 ) -> io::Result<RunOutcome> {
     prepare(&mut cmd);
+    marker.starting();
     let mut spawned = spawn_registered(&mut cmd)?;
     let pgid = spawned.registered.0;
     let child = &mut spawned.child;
-    marker.spawned(pgid);
     on_spawn(&mut *child);
     let deadline = async {
         match timeout {
@@ -559,6 +562,23 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
     read_stat(pid).map(|st| st.start)
 }
 
+/// Now, in the unit and on the clock of [`process_start_time`]: clock ticks
+/// of `CLOCK_BOOTTIME` (the kernel rounds a start time down the same way).
+fn boot_ticks_now() -> Option<u64> {
+    static HZ: OnceLock<Option<u64>> = OnceLock::new();
+    let hz = (*HZ.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .and_then(|n| u64::try_from(n).ok())
+            .filter(|n| *n > 0)
+    }))?;
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    let ns =
+        u128::try_from(now.tv_sec()).ok()? * 1_000_000_000 + u128::try_from(now.tv_nsec()).ok()?;
+    u64::try_from(ns * u128::from(hz) / 1_000_000_000).ok()
+}
+
 /// The exit code as the official worker reports it: the status of a normal
 /// exit, or 128 + the signal number for a death by signal.
 pub fn exit_code(status: &ExitStatus) -> i32 {
@@ -691,10 +711,20 @@ mod tests {
     fn a_marker_only_owns_processes_not_older_than_the_task() {
         let m = Marker::new("m");
         assert!(m.may_own(0), "no process yet: anything may be the task's");
-        let me = std::process::id() as i32;
-        m.spawned(me);
-        let since = process_start_time(me).unwrap();
-        assert!(m.may_own(since) && m.may_own(since + 1));
+        m.starting();
+        let since = *m.since.get().unwrap();
+        // This process started before; a child started after.
+        let me = process_start_time(std::process::id() as i32).unwrap();
+        assert!(me <= since, "{me} > {since}");
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let started = process_start_time(child.id() as i32).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(started >= since, "{started} < {since}");
+        assert!(m.may_own(started) && m.may_own(since));
         assert!(!m.may_own(since.saturating_sub(1)) || since == 0);
         assert_eq!(m.needle().unwrap(), b"OZ_RUN_MARKER=m");
         assert!(Marker::new("").needle().is_none());
