@@ -95,6 +95,34 @@ pub struct Cli {
     /// Validate the configuration, print the resolved settings and exit.
     #[arg(long)]
     pub check_config: bool,
+
+    /// Runtime threads (1-1024) [default: 1 with up to 2 CPUs, else one per CPU].
+    /// Slow work (removing a large workspace, searching /proc after a cancel)
+    /// runs on a separate blocking pool either way.
+    #[arg(long, env = "OZ_WORKER_THREADS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+}
+
+impl Cli {
+    /// The runtime threads to start: `--threads`, else the default.
+    pub fn runtime_threads(&self) -> usize {
+        match self.threads {
+            Some(n) => usize::from(n),
+            None => default_threads(),
+        }
+    }
+}
+
+/// One runtime thread on up to two CPUs: a worker shares them with its
+/// agents (and often with the control plane), and a second thread mostly
+/// added wake-ups between threads, about a sixth of the worker's CPU per
+/// trivial task (bench/REPORT.md). One per CPU on bigger hosts.
+fn default_threads() -> usize {
+    match std::thread::available_parallelism().map(usize::from) {
+        Ok(n) if n > 2 => n,
+        _ => 1,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -168,7 +168,11 @@ impl DirectBackend {
                 &CancellationToken::new(),
             )
             .await;
-            match std::fs::remove_dir_all(&path) {
+            let tree = path.clone();
+            let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(tree))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)));
+            match removed {
                 Ok(()) => tracing::info!(
                     run_id = %owner.run_id,
                     workspace = %path.display(),
@@ -559,10 +563,10 @@ impl DirectBackend {
         // reach gets a bounded wait.
         log.close().await;
         if let Some(tmp) = ws.private_tmp.take() {
-            remove_dir_logged(&tmp);
+            remove_tree(tmp).await;
         }
         if ws.owned && self.settings.cleanup && !forced {
-            remove_workspace(&ws.dir);
+            remove_workspace(&ws.dir).await;
         } else if ws.owned {
             tracing::info!(run_id, workspace = %ws.dir.display(), "keeping the workspace (cleanup disabled or forced stop)");
         }
@@ -710,14 +714,23 @@ fn remove_file_logged(path: &Path) {
 /// Remove a task's own workspace. Many hold nothing but our marker by now
 /// (an agent that cleans up after itself, or writes elsewhere): then the
 /// marker and the directory go in two calls, without opening, listing and
-/// inspecting the directory; otherwise the whole tree goes. The marker may
+/// inspecting the directory; otherwise the whole tree goes, on the
+/// blocking pool (a checkout can take seconds to remove). The marker may
 /// go first either way (a tree is removed in directory order).
-fn remove_workspace(dir: &Path) {
+async fn remove_workspace(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(WORKSPACE_MARKER));
     match std::fs::remove_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(_) => remove_dir_logged(dir),
+        Err(_) => remove_tree(dir.to_path_buf()).await,
+    }
+}
+
+/// Remove a directory tree on the blocking pool; failures are logged.
+async fn remove_tree(path: PathBuf) {
+    let shown = path.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || remove_dir_logged(&path)).await {
+        tracing::warn!(path = %shown.display(), error = %e, "cannot remove directory");
     }
 }
 
@@ -764,14 +777,14 @@ impl TaskControl {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_workspace_is_removed_with_or_without_what_the_task_left() {
+    #[tokio::test]
+    async fn a_workspace_is_removed_with_or_without_what_the_task_left() {
         let root = tempfile::tempdir().unwrap();
         // Only our marker: the short way.
         let bare = root.path().join("bare");
         std::fs::create_dir(&bare).unwrap();
         std::fs::write(bare.join(WORKSPACE_MARKER), "{}").unwrap();
-        remove_workspace(&bare);
+        remove_workspace(&bare).await;
         assert!(!bare.exists());
         // Files and directories the task left: the whole tree.
         let full = root.path().join("full");
@@ -779,9 +792,9 @@ mod tests {
         std::fs::write(full.join(WORKSPACE_MARKER), "{}").unwrap();
         std::fs::write(full.join("a/b/f"), "x").unwrap();
         std::fs::write(full.join("g"), "y").unwrap();
-        remove_workspace(&full);
+        remove_workspace(&full).await;
         assert!(!full.exists());
         // Already gone (or never made): nothing to do, no panic.
-        remove_workspace(&root.path().join("missing"));
+        remove_workspace(&root.path().join("missing")).await;
     }
 }

@@ -132,7 +132,7 @@ pub struct StopTokens {
 /// groups: `OZ_RUN_MARKER=<value>` in their environment. A process that
 /// started before the task's first process cannot be the task's, so its
 /// environment is not read.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Marker {
     value: String,
     /// Start time (clock ticks since boot) of the task's first process.
@@ -290,6 +290,22 @@ impl Left {
     }
 }
 
+/// [`search`], with a full scan of `/proc` (which can take milliseconds on
+/// a busy host, and repeats every poll of a grace period) on the blocking
+/// pool so that it never holds up the worker's runtime thread.
+async fn search_async(pgids: &[i32], marker: &Marker, scan: Scan) -> Left {
+    if scan == Scan::Children {
+        return search(pgids, marker, scan);
+    }
+    let (pgids, marker) = (pgids.to_vec(), marker.clone());
+    match tokio::task::spawn_blocking(move || search(&pgids, &marker, scan)).await {
+        Ok(left) => left,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down: nothing more can be signalled.
+        Err(_) => Left::default(),
+    }
+}
+
 fn search(pgids: &[i32], marker: &Marker, scan: Scan) -> Left {
     match scan {
         Scan::All => {
@@ -338,7 +354,13 @@ pub async fn terminate(
 ) -> usize {
     let scan = if subreaper() { scan } else { Scan::All };
     let mut leader_done = false;
-    let alive = |child: &mut Option<&mut Child>, leader_done: &mut bool| {
+    async fn alive(
+        child: &mut Option<&mut Child>,
+        leader_done: &mut bool,
+        pgids: &[i32],
+        marker: &Marker,
+        scan: Scan,
+    ) -> (bool, Left) {
         if let Some(c) = child.as_deref_mut()
             && !*leader_done
         {
@@ -346,11 +368,11 @@ pub async fn terminate(
             // never lingers as a zombie member of its group.
             *leader_done = matches!(c.try_wait(), Ok(Some(_)) | Err(_));
         }
-        let rest = search(pgids, marker, scan);
+        let rest = search_async(pgids, marker, scan).await;
         (child.is_none() || *leader_done, rest)
-    };
+    }
 
-    let (leader_gone, left) = alive(&mut child, &mut leader_done);
+    let (leader_gone, left) = alive(&mut child, &mut leader_done, pgids, marker, scan).await;
     if leader_gone && left.is_empty() {
         return 0;
     }
@@ -362,7 +384,8 @@ pub async fn terminate(
                 _ = sleep(POLL) => {}
                 _ = kill_now.cancelled() => {}
             }
-            let (leader_gone, left) = alive(&mut child, &mut leader_done);
+            let (leader_gone, left) =
+                alive(&mut child, &mut leader_done, pgids, marker, scan).await;
             if leader_gone && left.is_empty() {
                 return 0;
             }
@@ -375,7 +398,7 @@ pub async fn terminate(
     let mut killed = 0usize;
     let until = Instant::now() + KILL_ROUNDS_LIMIT;
     loop {
-        let (leader_gone, left) = alive(&mut child, &mut leader_done);
+        let (leader_gone, left) = alive(&mut child, &mut leader_done, pgids, marker, scan).await;
         if leader_gone && left.is_empty() {
             break;
         }

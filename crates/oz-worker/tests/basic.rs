@@ -53,3 +53,38 @@ async fn runs_a_task_and_reports_completion() {
     w.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(w.wait().await.code(), Some(0));
 }
+
+/// The same with a multi-threaded runtime (the default on hosts with more
+/// than two CPUs) and with one thread; a thread count outside 1-1024 is
+/// refused before anything starts.
+#[tokio::test]
+async fn runs_tasks_with_any_number_of_runtime_threads() {
+    for threads in ["1", "3"] {
+        let sb = Sandbox::new();
+        let mut cp = ControlPlane::start().await;
+        let mut w = WorkerBuilder::new(&sb, &cp)
+            .args(["--threads", threads])
+            .spawn();
+        cp.connected().await;
+        for run in ["run-a", "run-b"] {
+            cp.assign(assignment(run));
+            match cp.terminal(run).await {
+                WorkerMessage::TaskCompleted(_) => {}
+                other => panic!("threads {threads}: expected task_completed, got {other:?}"),
+            }
+            assert!(!sb.workspace_root().join(run).exists());
+        }
+        w.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(w.wait().await.code(), Some(0));
+    }
+    let sb = Sandbox::new();
+    let cp = ControlPlane::start().await;
+    for bad in ["0", "1025", "many"] {
+        let (status, stderr) = WorkerBuilder::new(&sb, &cp)
+            .args(["--threads", bad])
+            .run_to_exit()
+            .await;
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--threads"), "{stderr}");
+    }
+}
