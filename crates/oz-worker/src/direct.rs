@@ -566,7 +566,7 @@ impl DirectBackend {
             remove_tree(tmp).await;
         }
         if ws.owned && self.settings.cleanup && !forced {
-            remove_workspace(&ws.dir).await;
+            remove_workspace(&ws.dir, &ws.marker).await;
         } else if ws.owned {
             tracing::info!(run_id, workspace = %ws.dir.display(), "keeping the workspace (cleanup disabled or forced stop)");
         }
@@ -592,6 +592,7 @@ impl DirectBackend {
                 env_file,
                 private_tmp: Some(private),
                 owned: false,
+                marker: String::new(),
                 pgids: Vec::new(),
                 stopped: false,
             });
@@ -615,9 +616,10 @@ impl DirectBackend {
             cleanup: self.settings.cleanup,
         };
         let text = serde_json::to_string(&owner).map_err(io::Error::other)?;
-        std::fs::write(dir.join(WORKSPACE_MARKER), text)?;
+        std::fs::write(dir.join(WORKSPACE_MARKER), &text)?;
         let env_file = self.env_file_in(&dir)?;
         Ok(Workspace {
+            marker: text,
             git_config: dir.join(".gitconfig"),
             dir,
             env_file,
@@ -639,6 +641,9 @@ struct Workspace {
     private_tmp: Option<PathBuf>,
     /// True when we created the directory and may remove it.
     owned: bool,
+    /// The owner marker written into an owned workspace (to put it back if
+    /// the workspace is not empty when removed).
+    marker: String,
     /// Process groups of the hooks and agent, for the final sweep.
     pgids: Vec<i32>,
     /// A hook or the agent was stopped (timeout, cancel, shutdown).
@@ -713,17 +718,63 @@ fn remove_file_logged(path: &Path) {
 
 /// Remove a task's own workspace. Many hold nothing but our marker by now
 /// (an agent that cleans up after itself, or writes elsewhere): then the
-/// marker and the directory go in two calls, without opening, listing and
-/// inspecting the directory; otherwise the whole tree goes, on the
-/// blocking pool (a checkout can take seconds to remove). The marker may
-/// go first either way (a tree is removed in directory order).
-async fn remove_workspace(dir: &Path) {
-    let _ = std::fs::remove_file(dir.join(WORKSPACE_MARKER));
-    match std::fs::remove_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(_) => remove_tree(dir.to_path_buf()).await,
+/// marker and the directory go in three calls, without opening and listing
+/// the directory. Otherwise the marker is put back and the tree goes on the
+/// blocking pool (a checkout can take seconds), the marker last: a removal
+/// that fails or is cut short leaves a workspace the startup sweep still
+/// recognises as ours.
+async fn remove_workspace(dir: &Path, marker: &str) {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        // The task put something else in its place (a symlink, say):
+        // that goes, not what it points to.
+        Ok(_) => {
+            if let Err(e) = std::fs::remove_file(dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot remove the workspace");
+            }
+            return;
+        }
+        Err(_) => return,
     }
+    let marker_path = dir.join(WORKSPACE_MARKER);
+    let _ = std::fs::remove_file(&marker_path);
+    match std::fs::remove_dir(dir) {
+        Ok(()) => return,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(_) => {}
+    }
+    if let Err(e) = std::fs::write(&marker_path, marker) {
+        tracing::debug!(path = %marker_path.display(), error = %e, "cannot put the workspace marker back");
+    }
+    let tree = dir.to_path_buf();
+    let removed = tokio::task::spawn_blocking(move || remove_marked_tree(&tree))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+    if let Err(e) = removed {
+        tracing::warn!(path = %dir.display(), error = %e, "cannot remove the workspace");
+    }
+}
+
+/// Everything in `dir` but the marker, then the marker, then `dir`.
+fn remove_marked_tree(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == WORKSPACE_MARKER {
+            continue;
+        }
+        let path = entry.path();
+        // Not followed: a symlink is removed, not what it points to.
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    match std::fs::remove_file(dir.join(WORKSPACE_MARKER)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::remove_dir(dir)
 }
 
 /// Remove a directory tree on the blocking pool; failures are logged.
@@ -784,7 +835,7 @@ mod tests {
         let bare = root.path().join("bare");
         std::fs::create_dir(&bare).unwrap();
         std::fs::write(bare.join(WORKSPACE_MARKER), "{}").unwrap();
-        remove_workspace(&bare).await;
+        remove_workspace(&bare, "{}").await;
         assert!(!bare.exists());
         // Files and directories the task left: the whole tree.
         let full = root.path().join("full");
@@ -792,9 +843,36 @@ mod tests {
         std::fs::write(full.join(WORKSPACE_MARKER), "{}").unwrap();
         std::fs::write(full.join("a/b/f"), "x").unwrap();
         std::fs::write(full.join("g"), "y").unwrap();
-        remove_workspace(&full).await;
+        remove_workspace(&full, "{}").await;
         assert!(!full.exists());
         // Already gone (or never made): nothing to do, no panic.
-        remove_workspace(&root.path().join("missing")).await;
+        remove_workspace(&root.path().join("missing"), "{}").await;
+        // Replaced by a symlink: the link goes, what it points to stays.
+        let other = root.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join(WORKSPACE_MARKER), "{}").unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+        remove_workspace(&link, "{}").await;
+        assert!(std::fs::symlink_metadata(&link).is_err());
+        assert!(other.join(WORKSPACE_MARKER).exists());
+    }
+
+    /// A workspace tree is removed whole, links removed and not followed.
+    #[test]
+    fn a_tree_is_removed_without_following_links() {
+        let root = tempfile::tempdir().unwrap();
+        let ws = root.path().join("ws");
+        std::fs::create_dir_all(ws.join("sub")).unwrap();
+        std::fs::write(ws.join(WORKSPACE_MARKER), "{}").unwrap();
+        std::fs::write(ws.join("sub/f"), "x").unwrap();
+        // A symlink to a directory outside: removed, not followed.
+        let outside = root.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "k").unwrap();
+        std::os::unix::fs::symlink(&outside, ws.join("out")).unwrap();
+        remove_marked_tree(&ws).unwrap();
+        assert!(!ws.exists());
+        assert!(outside.join("keep").exists());
     }
 }

@@ -551,7 +551,14 @@ impl Spool {
             0
         });
         let mut inner = self.lock();
+        let generation = inner.next_generation();
         let e = inner.entry(task_id, &self.spool_dir);
+        if e.finished || e.result.is_some() {
+            // Finished again without a `begin` (not a path the worker
+            // takes): a result of the earlier end being written now must
+            // not clear this one.
+            e.generation = generation;
+        }
         e.finished = true;
         e.end_sent = false;
         e.result = Some(frame);
@@ -1152,6 +1159,24 @@ mod tests {
             assert_eq!(s.journal().pending(), 0);
             assert_eq!(s.undelivered(), 0);
         }
+    }
+
+    /// The same when the task is finished again without a new `begin`.
+    #[test]
+    fn a_result_written_after_a_second_finish_leaves_the_second_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+        s.begin("t", None);
+        s.finish("t", None, completed("t"));
+        let old = std::iter::from_fn(|| s.next_frame(false))
+            .find(|o| o.msg.is_terminal())
+            .unwrap();
+        s.finish("t", None, completed("t"));
+        s.written("t", old.generation, false);
+        assert_eq!(s.undelivered(), 1);
+        assert_eq!(drain(&s, false, false).len(), 1);
+        assert_eq!(s.undelivered(), 0);
+        assert_eq!(s.journal().pending(), 0);
     }
 
     #[test]

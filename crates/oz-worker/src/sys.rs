@@ -135,7 +135,8 @@ pub struct StopTokens {
 #[derive(Debug, Default, Clone)]
 pub struct Marker {
     value: String,
-    /// Start time (clock ticks since boot) of the task's first process.
+    /// Clock ticks since boot just before the task's first process started:
+    /// no process of the task is older.
     since: OnceLock<u64>,
 }
 
@@ -450,15 +451,16 @@ fn signal_tree(pgids: &[i32], procs: &[i32], sig: Signal) {
 /// the process). The children of the other threads are the
 /// processes spawned here, all registered and skipped anyway; reading their
 /// lists too cost a directory read and a file read per thread at every task.
-/// A children list can miss an entry when another child of the same thread
-/// is reaped while it is read; the main thread's children are orphans (or
-/// registered), and orphans are reaped only here, under the lock.
+/// With one runtime thread the main thread also spawns every task process,
+/// and tokio reaps those whenever they exit. A children list read in
+/// several calls can skip an entry when a child listed before it is reaped
+/// in between, so the list is read in one call ([`read_list`]).
 fn orphans() -> Vec<(i32, Stat)> {
     let me = std::process::id() as i32;
     let set = spawned();
     let mut found = Vec::new();
     let lists: Vec<String> = if MAIN_THREAD_ADOPTS.load(Ordering::SeqCst) {
-        std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+        read_list(&format!("/proc/{me}/task/{me}/children"))
             .into_iter()
             .collect()
     } else {
@@ -467,7 +469,7 @@ fn orphans() -> Vec<(i32, Stat)> {
         };
         tasks
             .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .filter_map(|t| read_list(&t.path().join("children").to_string_lossy()))
             .collect()
     };
     for pid in lists
@@ -544,6 +546,21 @@ impl Stat {
     fn dead(&self) -> bool {
         self.state == 'Z' || self.state == 'X'
     }
+}
+
+/// A `/proc` list in a single `read` (see [`orphans`]); a list too long for
+/// the buffer (thousands of children) is read the ordinary way.
+fn read_list(path: &str) -> Option<String> {
+    use std::io::Read;
+    const ONE_READ: usize = 16 * 1024;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; ONE_READ];
+    let n = f.read(&mut buf).ok()?;
+    if n == ONE_READ {
+        return std::fs::read_to_string(path).ok();
+    }
+    buf.truncate(n);
+    String::from_utf8(buf).ok()
 }
 
 fn read_stat(pid: i32) -> Option<Stat> {
