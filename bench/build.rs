@@ -25,13 +25,17 @@ fn main() {
             .args(extra)
             .status()
     };
+    // Results record how the probe was linked (`machine.agent_link`).
     match compile(&["-static"]) {
-        Ok(s) if s.success() => {}
+        Ok(s) if s.success() => println!("cargo:rustc-env=OZ_BENCH_PROBE_LINK=static"),
         _ => match compile(&[]) {
-            Ok(s) if s.success() => println!(
-                "cargo:warning=agent/probe.c linked dynamically (no static libc): \
-                 the agent's start cost includes the loader"
-            ),
+            Ok(s) if s.success() => {
+                println!("cargo:rustc-env=OZ_BENCH_PROBE_LINK=dynamic");
+                println!(
+                    "cargo:warning=agent/probe.c linked dynamically (no static libc): \
+                     the agent's start cost includes the loader"
+                )
+            }
             Ok(s) => panic!("{cc} failed to compile agent/probe.c ({s}); install a C compiler"),
             Err(e) => panic!("cannot run the C compiler {cc:?}: {e}; install one or set CC"),
         },

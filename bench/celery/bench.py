@@ -261,11 +261,13 @@ def stop_process(proc, name, grace=15.0, group=False):
 
 def compile_probe(tmp):
     """bench/agent/probe.c built as oz-bench's build.rs builds it (static if
-    the C library allows); the path of the executable."""
+    the C library allows); the path of the executable and how it was
+    linked ("static" or "dynamic")."""
     src = os.path.join(os.path.dirname(HERE), "agent", "probe.c")
     exe = os.path.join(tmp, "oz-bench-probe")
     cc = os.environ.get("CC", "cc")
     base = [cc, "-O2", "-Wall", "-Wextra", "-o", exe, src]
+    errors = []
     for extra in (["-static"], []):
         try:
             r = subprocess.run(base + extra, capture_output=True, text=True, check=False)
@@ -274,8 +276,10 @@ def compile_probe(tmp):
         if r.returncode == 0:
             if not extra:
                 log("warning: the probe is linked dynamically (no static libc)")
-            return exe
-    raise SystemExit(f"cannot compile {src}:\n{r.stderr}")
+                return exe, "dynamic"
+            return exe, "static"
+        errors.append(r.stderr)
+    raise SystemExit(f"cannot compile {src}:\n" + "\n".join(errors))
 
 
 # ---------------------------------------------------------------- redis
@@ -572,8 +576,9 @@ def main():
         redis.start()
         log(f"redis-server {redis.version()} on 127.0.0.1:{redis.port}")
         os.environ["OZ_BENCH_REDIS_URL"] = redis.url
-        agent = compile_probe(tmp) if args.agent == "probe" else "sh-date"
-        log(f"agent: {agent}")
+        agent, agent_link = (compile_probe(tmp) if args.agent == "probe"
+                             else ("sh-date", "script"))
+        log(f"agent: {agent} ({agent_link})")
         sys.path.insert(0, HERE)
         import tasks
 
@@ -641,6 +646,7 @@ def main():
             },
             "config": {
                 "agent": args.agent,
+                "agent_link": agent_link,
                 "concurrency": args.levels,
                 "latency_tasks": args.latency_tasks,
                 "batch": args.batch,

@@ -609,6 +609,10 @@ pub fn machine() -> Value {
         "memory": mem,
         "build": profile,
         "agent": agent_kind().name(),
+        "agent_link": match agent_kind() {
+            AgentKind::Probe => env!("OZ_BENCH_PROBE_LINK"),
+            AgentKind::ShDate => "script",
+        },
         "date": chrono::Utc::now().to_rfc3339(),
     })
 }
