@@ -1392,38 +1392,15 @@ mod tests {
             let ended = store.transition(id, &running, RunState::Succeeded, end, now);
             assert!(ended.await.unwrap().is_some());
         }
+        let update = |from: &[RunState], to: RunState, patch: RunPatch| {
+            let q = cas_update("x", from, Some(to), patch, now).unwrap();
+            q.text().to_owned()
+        };
         let texts = [
             NEXT_QUEUED.to_owned(),
-            cas_update(
-                "x",
-                &[RunState::Queued],
-                Some(RunState::Pending),
-                assign,
-                now,
-            )
-            .unwrap()
-            .text()
-            .to_owned(),
-            cas_update(
-                "x",
-                &pending,
-                Some(RunState::Inprogress),
-                RunPatch::default(),
-                now,
-            )
-            .unwrap()
-            .text()
-            .to_owned(),
-            cas_update(
-                "x",
-                &running,
-                Some(RunState::Succeeded),
-                RunPatch::default(),
-                now,
-            )
-            .unwrap()
-            .text()
-            .to_owned(),
+            update(&[RunState::Queued], RunState::Pending, assign),
+            update(&pending, RunState::Inprogress, RunPatch::default()),
+            update(&running, RunState::Succeeded, RunPatch::default()),
         ];
         store
             .with_connection(|c| {
