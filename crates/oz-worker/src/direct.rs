@@ -169,10 +169,7 @@ impl DirectBackend {
             )
             .await;
             let tree = path.clone();
-            let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(tree))
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e)));
-            match removed {
+            match off_thread(move || remove_marked_tree(&tree)).await {
                 Ok(()) => tracing::info!(
                     run_id = %owner.run_id,
                     workspace = %path.display(),
@@ -747,15 +744,14 @@ async fn remove_workspace(dir: &Path, marker: &str) {
         tracing::debug!(path = %marker_path.display(), error = %e, "cannot put the workspace marker back");
     }
     let tree = dir.to_path_buf();
-    let removed = tokio::task::spawn_blocking(move || remove_marked_tree(&tree))
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)));
-    if let Err(e) = removed {
+    if let Err(e) = off_thread(move || remove_marked_tree(&tree)).await {
         tracing::warn!(path = %dir.display(), error = %e, "cannot remove the workspace");
     }
 }
 
-/// Everything in `dir` but the marker, then the marker, then `dir`.
+/// Everything in `dir` but the marker, then the marker, then `dir` (the
+/// same order for the startup sweep: a removal cut short leaves a
+/// workspace that is still recognised).
 fn remove_marked_tree(dir: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -779,18 +775,20 @@ fn remove_marked_tree(dir: &Path) -> io::Result<()> {
 
 /// Remove a directory tree on the blocking pool; failures are logged.
 async fn remove_tree(path: PathBuf) {
-    let shown = path.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || remove_dir_logged(&path)).await {
-        tracing::warn!(path = %shown.display(), error = %e, "cannot remove directory");
-    }
-}
-
-fn remove_dir_logged(path: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(path)
+    let tree = path.clone();
+    if let Err(e) = off_thread(move || std::fs::remove_dir_all(tree)).await
         && e.kind() != io::ErrorKind::NotFound
     {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove directory");
     }
+}
+
+/// File system work that can take long (a tree of any size), on the
+/// blocking pool so that it never holds up the runtime thread.
+async fn off_thread(f: impl FnOnce() -> io::Result<()> + Send + 'static) -> io::Result<()> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 /// A configured timeout of zero means "no limit".

@@ -245,14 +245,12 @@ impl Inner {
     fn entry(&mut self, task_id: &str, spool_dir: &Path) -> &mut Entry {
         if !self.tasks.contains_key(task_id) {
             self.order.push_back(task_id.to_owned());
+            self.generations += 1;
         }
-        let generation = self.generations + 1;
-        let e = self
-            .tasks
+        let generation = self.generations;
+        self.tasks
             .entry(task_id.to_owned())
-            .or_insert_with(|| Entry::new(spool_dir.join(format!("{task_id}.jsonl")), generation));
-        self.generations = self.generations.max(e.generation);
-        e
+            .or_insert_with(|| Entry::new(spool_dir.join(format!("{task_id}.jsonl")), generation))
     }
 
     fn next_generation(&mut self) -> u64 {
