@@ -12,6 +12,7 @@ mod growth;
 mod harness;
 mod logs;
 mod memory;
+mod store;
 mod throughput;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ struct Cli {
     agent: harness::AgentKind,
 }
 
+// Parsed once per process: `All`'s size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Bench {
     /// Log throughput from agent write to server store, and the server's
@@ -78,6 +81,9 @@ enum Bench {
     Memory(MemoryArgs),
     /// Per-run cost as the queue grows (fill, then drain).
     Growth(GrowthArgs),
+    /// The store's own CPU per trivial run (its calls made in process, no
+    /// server), one run at a time and several at once.
+    Store(StoreArgs),
     /// Everything above; one JSON file per benchmark in --out-dir.
     All {
         /// Where the `<name>.json` files go [default: bench/results, or a
@@ -97,6 +103,8 @@ enum Bench {
         memory: MemoryArgs,
         #[command(flatten)]
         growth: GrowthArgs,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -153,6 +161,32 @@ struct MemoryArgs {
     /// Seconds over which the server's idle CPU is read with them connected.
     #[arg(long, default_value_t = 10.0)]
     idle_cpu_seconds: f64,
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Run lives per measurement.
+    #[arg(long, default_value_t = 20_000)]
+    store_runs: usize,
+    /// Lives at once, one measurement level each.
+    #[arg(long, default_value = "1,8", value_parser = harness::parse_list)]
+    store_concurrency: ::std::vec::Vec<usize>,
+    /// Measurements per level (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    store_repeat: usize,
+}
+
+impl StoreArgs {
+    fn opts(&self, smoke: bool) -> store::Opts {
+        if smoke {
+            return store::Opts::smoke();
+        }
+        store::Opts {
+            runs: self.store_runs,
+            concurrency: self.store_concurrency.clone(),
+            repeat: self.store_repeat,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -279,6 +313,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Floor(a) => floor::run(&a.opts(smoke, vec![1, 8, 32])).await?,
         Bench::Memory(a) => memory::run(&a.opts(smoke)).await?,
         Bench::Growth(a) => growth::run(&a.opts(smoke)).await?,
+        Bench::Store(a) => store::run(&a.opts(smoke)).await?,
         Bench::All {
             out_dir,
             skip,
@@ -287,6 +322,7 @@ async fn main() -> anyhow::Result<()> {
             floor,
             memory,
             growth,
+            store,
         } => {
             if cli.out.is_some() {
                 bail!("`all` writes one file per benchmark: use --out-dir, not --out");
@@ -305,6 +341,7 @@ async fn main() -> anyhow::Result<()> {
                 &floor,
                 &memory,
                 &growth,
+                &store,
             )
             .await;
         }
@@ -334,14 +371,16 @@ async fn all(
     f: &FloorArgs,
     m: &MemoryArgs,
     g: &GrowthArgs,
+    st: &StoreArgs,
 ) -> anyhow::Result<()> {
-    const NAMES: [&str; 6] = [
+    const NAMES: [&str; 7] = [
         "floor",
         "dispatch",
         "throughput",
         "memory",
         "growth",
         "logs",
+        "store",
     ];
     for s in skip {
         if !NAMES.contains(&s.as_str()) {
@@ -410,6 +449,11 @@ async fn all(
         };
         let v = logs::run(&o).await?;
         keep("logs", &v, t0.elapsed().as_secs_f64())?;
+    }
+    if run("store") {
+        let t0 = Instant::now();
+        let v = store::run(&st.opts(smoke)).await?;
+        keep("store", &v, t0.elapsed().as_secs_f64())?;
     }
 
     // The targets at a glance (also for bench/REPORT.md).
