@@ -66,6 +66,20 @@ fn log_file(name: &str) -> anyhow::Result<Stdio> {
     Ok(std::fs::File::create(path)?.into())
 }
 
+/// Leave out of `cmd`'s environment every `OZ_` variable of the shell the
+/// bench runs in (the caller sets what it needs afterwards): an
+/// `OZ_DATABASE_URL`, `OZ_CONFIG` or `OZ_THREADS` there would otherwise point
+/// the bench's server at another database or configuration, and its
+/// numbers would silently depend on who ran it.
+fn clean_env(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OZ_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
 /// A running server with its admin key.
 pub struct Server {
     child: Child,
@@ -75,9 +89,21 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server on a fresh database file in a temporary data directory.
     pub async fn start() -> anyhow::Result<Server> {
+        Server::start_with(None).await
+    }
+
+    /// A server on `database_url` (its `--database-url`), or on a fresh
+    /// file in its data directory when `None`.
+    pub async fn start_with(database_url: Option<&str>) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
-        let mut child = Command::new(sibling("oz-server")?)
+        let mut cmd = Command::new(sibling("oz-server")?);
+        clean_env(&mut cmd);
+        if let Some(url) = database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        let mut child = cmd
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
             .env("OZ_LOG", log_level())
@@ -208,7 +234,7 @@ impl Worker {
         }
         let cfg_path = dir.path().join("worker.yaml");
         std::fs::write(&cfg_path, cfg)?;
-        let child = Command::new(sibling("oz-agent-worker")?)
+        let child = clean_env(&mut Command::new(sibling("oz-agent-worker")?))
             .args([
                 "--worker-id",
                 spec.id,

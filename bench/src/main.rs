@@ -135,6 +135,12 @@ struct ThroughputArgs {
     /// max_concurrent_tasks of each shared worker.
     #[arg(long, default_value_t = 8)]
     shared_max: u32,
+    /// The server's database URL instead of a fresh file in its data
+    /// directory, e.g. `sqlite::memory:` for what the runs would cost with
+    /// a store that does no file I/O (not durable: a bound, not a setup to
+    /// run). Recorded in each result as `server_database`.
+    #[arg(long, value_name = "URL")]
+    server_database: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -225,7 +231,10 @@ impl DispatchArgs {
 impl ThroughputArgs {
     fn opts(&self, smoke: bool, floor_seconds: f64) -> throughput::Opts {
         if smoke {
-            return throughput::Opts::smoke();
+            return throughput::Opts {
+                server_database: self.server_database.clone(),
+                ..throughput::Opts::smoke()
+            };
         }
         throughput::Opts {
             seconds: self.seconds,
@@ -234,6 +243,7 @@ impl ThroughputArgs {
             shared_max: self.shared_max,
             floor_seconds,
             smoke: false,
+            server_database: self.server_database.clone(),
         }
     }
 }
