@@ -10,6 +10,18 @@
 //! pending and it has grown it is emptied, and when it grows large anyway it
 //! is rewritten with only what is pending.
 //!
+//! That rewrite writes and syncs a new file, renames it over the old one and
+//! syncs the directory: milliseconds on a journaled disk, and on a busy
+//! worker it is due every few hundred results (each time the file fills up
+//! while other results wait). With a syncer running
+//! ([`ResultJournal::set_background`]) it is made there, off the worker's
+//! event loop: [`ResultJournal::begin_compaction`] takes a snapshot of what
+//! is pending, [`Compaction::build`] writes and syncs the new file on the
+//! blocking pool while results go on being recorded and marked done in
+//! memory only, and [`ResultJournal::finish_compaction`] appends what
+//! changed meanwhile and renames. Until the syncer has synced that (and the
+//! directory), none of the results recorded meanwhile is sent.
+//!
 //! The file keeps a fixed size ([`PREALLOC`] bytes, written as zeros once):
 //! records overwrite the zeros after the last record, and emptying writes
 //! zeros back. So the sync before a result is sent flushes a data block and
@@ -83,6 +95,52 @@ pub struct ResultJournal {
     sync_started: u64,
     /// The `put` line of every pending result, by task id.
     pending: HashMap<String, Vec<u8>>,
+    /// Compactions are left to the syncer ([`ResultJournal::set_background`]).
+    background: bool,
+    /// The file should be compacted (set with `background`).
+    compaction_due: bool,
+    /// While a compaction is built: the pending lines it holds. Records and
+    /// dones meanwhile change only `pending`; the difference is appended
+    /// when it finishes.
+    compacting: Option<HashMap<String, Vec<u8>>>,
+    /// Compactions finished in the background (for tests).
+    compactions: u64,
+}
+
+/// A compaction in progress: the new file to write, off the event loop.
+#[derive(Debug)]
+pub struct Compaction {
+    tmp: PathBuf,
+    lines: Vec<Vec<u8>>,
+}
+
+impl Compaction {
+    /// Write the snapshot into a new file, zeros after it, and sync it:
+    /// the slow part, for the blocking pool. The file and the length of
+    /// its records.
+    pub fn build(self) -> io::Result<(File, u64)> {
+        write_new(&self.tmp, self.lines.iter())
+    }
+}
+
+/// A sync for the syncer to make: the file (its data), the directory too
+/// after a rename, and the ticket it covers once done.
+#[derive(Debug)]
+pub struct ToSync {
+    pub file: io::Result<File>,
+    pub dir: Option<PathBuf>,
+    pub ticket: u64,
+}
+
+impl ToSync {
+    /// Make it (blocking).
+    pub fn run(self) -> io::Result<()> {
+        self.file?.sync_data()?;
+        if let Some(dir) = self.dir {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
 }
 
 impl ResultJournal {
@@ -176,6 +234,10 @@ impl ResultJournal {
             written: 0,
             sync_started: 0,
             pending: HashMap::new(),
+            background: false,
+            compaction_due: false,
+            compacting: None,
+            compactions: 0,
         };
         for p in &list {
             journal.pending.insert(p.task_id.clone(), put_line(p)?);
@@ -189,7 +251,14 @@ impl ResultJournal {
         Ok((journal, list))
     }
 
-    /// Journal a result; when this returns Ok it is on disk.
+    /// Leave compactions to the syncer, which calls
+    /// [`ResultJournal::begin_compaction`] when [`ResultJournal::compaction_due`].
+    pub fn set_background(&mut self, on: bool) {
+        self.background = on;
+    }
+
+    /// Journal a result; when this returns Ok it is on disk. Only without a
+    /// syncer (so never while a compaction is built).
     pub fn put(&mut self, p: &Pending) -> io::Result<()> {
         self.record(p)?;
         self.file()?.sync_data()
@@ -200,7 +269,9 @@ impl ResultJournal {
     /// result's ticket, for that comparison.
     pub fn record(&mut self, p: &Pending) -> io::Result<u64> {
         let line = put_line(p)?;
-        self.append(&line, false)?;
+        if self.compacting.is_none() {
+            self.append(&line, false)?;
+        }
         self.pending.insert(p.task_id.clone(), line);
         self.written += 1;
         Ok(self.written)
@@ -211,19 +282,109 @@ impl ResultJournal {
     /// marking results done go on meanwhile) and the ticket it covers.
     /// `None` when nothing waits. One sync covers every result recorded
     /// before it: the journal's group commit.
-    pub fn to_sync(&mut self) -> Option<(io::Result<File>, u64)> {
-        if self.sync_started >= self.written {
+    pub fn to_sync(&mut self) -> Option<ToSync> {
+        if self.sync_started >= self.written || self.compacting.is_some() {
             return None;
         }
         self.sync_started = self.written;
         // After a rewrite this is the new file (already synced; cheap).
         let file = self.file().and_then(|f| f.try_clone());
-        Some((file, self.written))
+        Some(ToSync {
+            file,
+            dir: None,
+            ticket: self.written,
+        })
+    }
+
+    /// Is a compaction waiting for the syncer?
+    pub fn compaction_due(&self) -> bool {
+        self.compaction_due && self.compacting.is_none()
+    }
+
+    /// Start the compaction that is due: from now until
+    /// [`ResultJournal::finish_compaction`] records and dones touch no file.
+    pub fn begin_compaction(&mut self) -> Option<Compaction> {
+        if !self.compaction_due() {
+            return None;
+        }
+        self.compaction_due = false;
+        let snapshot = self.pending.clone();
+        let lines = snapshot.values().cloned().collect();
+        self.compacting = Some(snapshot);
+        Some(Compaction {
+            tmp: self.tmp_path(),
+            lines,
+        })
+    }
+
+    /// End the compaction with what [`Compaction::build`] returned: append
+    /// what changed meanwhile to the new file and rename it over the old
+    /// one, or, if it could not be built, to the old file. The sync that
+    /// then makes every result recorded so far durable.
+    pub fn finish_compaction(&mut self, built: io::Result<(File, u64)>) -> ToSync {
+        let snapshot = self.compacting.take().unwrap_or_default();
+        let delta = self.delta(&snapshot);
+        let mut dir = None;
+        let installed = built.and_then(|(f, len)| {
+            let delta = delta.as_deref().map_err(clone_error)?;
+            f.write_all_at(delta, len)?;
+            fs::rename(self.tmp_path(), &self.path)?;
+            Ok((f, len + delta.len() as u64))
+        });
+        match installed {
+            Ok((f, len)) => {
+                self.file = Some(f);
+                self.len = len;
+                self.compactions += 1;
+                // The rename is on disk only once the directory is synced.
+                dir = self.path.parent().map(Path::to_path_buf);
+            }
+            Err(err) => {
+                remove_quietly(&self.tmp_path());
+                tracing::warn!(path = %self.path.display(), error = %err, "cannot compact the result journal; it keeps growing");
+                if let Err(err) = delta.and_then(|d| self.append(&d, false)) {
+                    tracing::error!(path = %self.path.display(), error = %err, "cannot write the results recorded during a compaction to the result journal; they are kept in memory only");
+                }
+            }
+        }
+        self.sync_started = self.written;
+        ToSync {
+            file: self.file().and_then(|f| f.try_clone()),
+            dir,
+            ticket: self.written,
+        }
+    }
+
+    /// Compactions finished in the background so far.
+    pub fn compactions(&self) -> u64 {
+        self.compactions
+    }
+
+    /// The records that take a file holding `snapshot` to what is pending
+    /// now: a `done` for each result no longer pending, then the `put` of
+    /// each result recorded (or recorded again) since.
+    fn delta(&self, snapshot: &HashMap<String, Vec<u8>>) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for task_id in snapshot.keys().filter(|id| !self.pending.contains_key(*id)) {
+            out.extend(record_line(&Record::Done {
+                task_id: task_id.clone(),
+            })?);
+        }
+        for (task_id, line) in &self.pending {
+            if snapshot.get(task_id) != Some(line) {
+                out.extend_from_slice(line);
+            }
+        }
+        Ok(out)
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.path.with_extension("jsonl.tmp")
     }
 
     /// The result of `task_id` was written to the socket (or dropped).
     pub fn done(&mut self, task_id: &str) {
-        if self.pending.remove(task_id).is_none() {
+        if self.pending.remove(task_id).is_none() || self.compacting.is_some() {
             return;
         }
         let line = record_line(&Record::Done {
@@ -236,10 +397,13 @@ impl ResultJournal {
             Ok(()) if self.pending.is_empty() => Ok(()),
             Ok(()) => {
                 let live: u64 = self.pending.values().map(|l| l.len() as u64).sum();
-                if self.len > COMPACT_AT && self.len > 4 * live {
-                    self.rewrite()
-                } else {
+                if self.len <= COMPACT_AT || self.len <= 4 * live {
                     Ok(())
+                } else if self.background {
+                    self.compaction_due = true;
+                    Ok(())
+                } else {
+                    self.rewrite()
                 }
             }
             Err(e) => Err(e),
@@ -314,25 +478,12 @@ impl ResultJournal {
         Ok(())
     }
 
-    /// Replace the file by one holding only the pending results.
+    /// Replace the file by one holding only the pending results, on the
+    /// caller's thread (at startup, and without a syncer).
     fn rewrite(&mut self) -> io::Result<()> {
-        let tmp = self.path.with_extension("jsonl.tmp");
+        let tmp = self.tmp_path();
         let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            let mut len = 0u64;
-            for line in self.pending.values() {
-                f.write_all(line)?;
-                len += line.len() as u64;
-            }
-            if len < PREALLOC {
-                write_zeros(&f, len, PREALLOC - len)?;
-            }
-            f.sync_data()?;
+            let (_, len) = write_new(&tmp, self.pending.values())?;
             fs::rename(&tmp, &self.path)?;
             // The rename must be on disk before results written to the new
             // file are sent: their syncs flush data only, not the directory.
@@ -350,6 +501,47 @@ impl ResultJournal {
             Err(e) => {
                 remove_quietly(&tmp);
                 Err(e)
+            }
+        }
+    }
+}
+
+/// Create `path` holding `lines`, zeros after them up to [`PREALLOC`],
+/// synced; the file and the length of the lines.
+fn write_new<'a>(path: &Path, lines: impl Iterator<Item = &'a Vec<u8>>) -> io::Result<(File, u64)> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut len = 0u64;
+    for line in lines {
+        f.write_all(line)?;
+        len += line.len() as u64;
+    }
+    if len < PREALLOC {
+        write_zeros(&f, len, PREALLOC - len)?;
+    }
+    f.sync_data()?;
+    Ok((f, len))
+}
+
+/// An `io::Error` carried on: its kind and message.
+fn clone_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+impl Drop for ResultJournal {
+    /// A compaction cut short (the syncer stopped with the worker): what
+    /// was recorded meanwhile goes to the old file, unsynced, as it would
+    /// have without the compaction; the half-built file is removed (or, if
+    /// its builder is still at it, at the next start).
+    fn drop(&mut self) {
+        if let Some(snapshot) = self.compacting.take() {
+            remove_quietly(&self.tmp_path());
+            if let Err(err) = self.delta(&snapshot).and_then(|d| self.append(&d, false)) {
+                tracing::warn!(path = %self.path.display(), error = %err, "cannot write the results recorded during a compaction to the result journal");
             }
         }
     }
@@ -503,6 +695,111 @@ mod tests {
         drop(j);
         let (_, list) = ResultJournal::open(dir.path()).unwrap();
         assert_eq!(ids(&list), ["keep"]);
+    }
+
+    fn ino(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(dir.join(JOURNAL_FILE)).unwrap().ino()
+    }
+
+    /// A journal left to a syncer, grown until a compaction is due while
+    /// `keep` and `redo` wait.
+    fn due_for_compaction(dir: &Path) -> ResultJournal {
+        let (mut j, _) = ResultJournal::open(dir).unwrap();
+        j.set_background(true);
+        j.put(&pending("keep", 1)).unwrap();
+        j.put(&pending("redo", 1)).unwrap();
+        let mut i = 0;
+        while !j.compaction_due() {
+            j.put(&pending(&format!("t{i}"), i)).unwrap();
+            j.done(&format!("t{i}"));
+            i += 1;
+            assert!(i < 10_000, "never due");
+        }
+        // Not rewritten on the caller's thread.
+        assert!(used(dir) > COMPACT_AT);
+        j
+    }
+
+    /// Meanwhile: one result is done, one recorded again, one new.
+    fn change_meanwhile(j: &mut ResultJournal) {
+        j.done("keep");
+        j.record(&pending("redo", 2)).unwrap();
+        j.record(&pending("new", 3)).unwrap();
+    }
+
+    fn reopened(dir: &Path) -> Vec<(String, u64)> {
+        let (_, list) = ResultJournal::open(dir).unwrap();
+        let mut v: Vec<(String, u64)> = list.into_iter().map(|p| (p.task_id, p.last_seq)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_background_compaction_keeps_what_changed_while_it_was_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = due_for_compaction(dir.path());
+        let old = ino(dir.path());
+        let before = records(dir.path());
+        let c = j.begin_compaction().expect("due");
+        assert!(j.begin_compaction().is_none(), "one at a time");
+        change_meanwhile(&mut j);
+        // Nothing is written to the old file while the new one is built, and
+        // nothing is handed to the syncer either.
+        assert_eq!(records(dir.path()), before);
+        assert!(j.to_sync().is_none());
+        let built = c.build();
+        let job = j.finish_compaction(built);
+        assert_eq!(job.ticket, j.written);
+        assert!(job.dir.is_some(), "the rename is synced too");
+        job.run().unwrap();
+        assert_eq!(j.compactions(), 1);
+        assert_ne!(ino(dir.path()), old, "a new file");
+        assert_eq!(size(dir.path()), PREALLOC);
+        assert!(used(dir.path()) < 4096, "{}", used(dir.path()));
+        // Later records go to the new file.
+        j.record(&pending("after", 4)).unwrap();
+        drop(j);
+        assert_eq!(
+            reopened(dir.path()),
+            [("after".into(), 4), ("new".into(), 3), ("redo".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn a_compaction_that_cannot_be_built_leaves_the_old_file_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = due_for_compaction(dir.path());
+        let old = ino(dir.path());
+        let _ = j.begin_compaction().expect("due");
+        change_meanwhile(&mut j);
+        let job = j.finish_compaction(Err(io::Error::other("no space left")));
+        assert!(job.dir.is_none());
+        job.run().unwrap();
+        assert_eq!(j.compactions(), 0);
+        assert_eq!(ino(dir.path()), old);
+        assert!(!dir.path().join("journal.jsonl.tmp").exists());
+        drop(j);
+        assert_eq!(
+            reopened(dir.path()),
+            [("new".into(), 3), ("redo".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn a_compaction_cut_short_by_a_stop_loses_nothing_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = due_for_compaction(dir.path());
+        let c = j.begin_compaction().expect("due");
+        change_meanwhile(&mut j);
+        // The syncer stops (the worker exits) while the file is built.
+        let _ = c.build();
+        drop(j);
+        assert_eq!(
+            reopened(dir.path()),
+            [("new".into(), 3), ("redo".into(), 2)]
+        );
+        assert!(!dir.path().join("journal.jsonl.tmp").exists());
     }
 
     #[test]
