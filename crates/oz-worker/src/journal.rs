@@ -99,6 +99,13 @@ pub struct ResultJournal {
     background: bool,
     /// The file should be compacted (set with `background`).
     compaction_due: bool,
+    /// Compact only past this length: [`COMPACT_AT`], or more after a
+    /// compaction failed (so that a full disk is not retried at every
+    /// result).
+    compact_at: u64,
+    /// The last rename is not known to be on disk: every sync includes the
+    /// directory until one succeeds.
+    dir_unsynced: bool,
     /// While a compaction is built: the pending lines it holds. Records and
     /// dones meanwhile change only `pending`; the difference is appended
     /// when it finishes.
@@ -133,13 +140,15 @@ pub struct ToSync {
 }
 
 impl ToSync {
-    /// Make it (blocking).
+    /// Make it (blocking); the directory is synced even if the file could
+    /// not be. The first error.
     pub fn run(self) -> io::Result<()> {
-        self.file?.sync_data()?;
-        if let Some(dir) = self.dir {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        let data = self.file.and_then(|f| f.sync_data());
+        let dir = match self.dir {
+            Some(dir) => File::open(dir).and_then(|d| d.sync_all()),
+            None => Ok(()),
+        };
+        data.and(dir)
     }
 }
 
@@ -236,6 +245,8 @@ impl ResultJournal {
             pending: HashMap::new(),
             background: false,
             compaction_due: false,
+            compact_at: COMPACT_AT,
+            dir_unsynced: false,
             compacting: None,
             compactions: 0,
         };
@@ -251,17 +262,34 @@ impl ResultJournal {
         Ok((journal, list))
     }
 
-    /// Leave compactions to the syncer, which calls
-    /// [`ResultJournal::begin_compaction`] when [`ResultJournal::compaction_due`].
+    /// A syncer takes over: results are [`ResultJournal::record`]ed and
+    /// synced by it ([`ResultJournal::to_sync`]), and it makes the
+    /// compactions ([`ResultJournal::begin_compaction`] when
+    /// [`ResultJournal::compaction_due`]).
     pub fn set_background(&mut self, on: bool) {
         self.background = on;
     }
 
+    /// Has a syncer taken over (see [`ResultJournal::set_background`])?
+    pub fn background(&self) -> bool {
+        self.background
+    }
+
     /// Journal a result; when this returns Ok it is on disk. Only without a
-    /// syncer (so never while a compaction is built).
+    /// syncer: while a compaction is built it refuses.
     pub fn put(&mut self, p: &Pending) -> io::Result<()> {
+        if self.compacting.is_some() {
+            return Err(io::Error::other(
+                "the result journal is being compacted by its syncer; results must be recorded for it",
+            ));
+        }
         self.record(p)?;
-        self.file()?.sync_data()
+        self.file()?.sync_data()?;
+        if let Some(dir) = self.unsynced_dir() {
+            File::open(dir)?.sync_all()?;
+            self.dir_unsynced = false;
+        }
+        Ok(())
     }
 
     /// Write a result without syncing; it is on disk once a sync started
@@ -291,9 +319,23 @@ impl ResultJournal {
         let file = self.file().and_then(|f| f.try_clone());
         Some(ToSync {
             file,
-            dir: None,
+            dir: self.unsynced_dir(),
             ticket: self.written,
         })
+    }
+
+    /// A sync that included the directory succeeded: the last rename is on
+    /// disk.
+    pub fn dir_synced(&mut self) {
+        self.dir_unsynced = false;
+    }
+
+    fn unsynced_dir(&self) -> Option<PathBuf> {
+        if self.dir_unsynced {
+            self.path.parent().map(Path::to_path_buf)
+        } else {
+            None
+        }
     }
 
     /// Is a compaction waiting for the syncer?
@@ -324,7 +366,6 @@ impl ResultJournal {
     pub fn finish_compaction(&mut self, built: io::Result<(File, u64)>) -> ToSync {
         let snapshot = self.compacting.take().unwrap_or_default();
         let delta = self.delta(&snapshot);
-        let mut dir = None;
         let installed = built.and_then(|(f, len)| {
             let delta = delta.as_deref().map_err(clone_error)?;
             f.write_all_at(delta, len)?;
@@ -336,11 +377,13 @@ impl ResultJournal {
                 self.file = Some(f);
                 self.len = len;
                 self.compactions += 1;
+                self.compact_at = COMPACT_AT;
                 // The rename is on disk only once the directory is synced.
-                dir = self.path.parent().map(Path::to_path_buf);
+                self.dir_unsynced = true;
             }
             Err(err) => {
                 remove_quietly(&self.tmp_path());
+                self.compact_at = self.len + COMPACT_AT;
                 tracing::warn!(path = %self.path.display(), error = %err, "cannot compact the result journal; it keeps growing");
                 if let Err(err) = delta.and_then(|d| self.append(&d, false)) {
                     tracing::error!(path = %self.path.display(), error = %err, "cannot write the results recorded during a compaction to the result journal; they are kept in memory only");
@@ -350,7 +393,7 @@ impl ResultJournal {
         self.sync_started = self.written;
         ToSync {
             file: self.file().and_then(|f| f.try_clone()),
-            dir,
+            dir: self.unsynced_dir(),
             ticket: self.written,
         }
     }
@@ -397,7 +440,7 @@ impl ResultJournal {
             Ok(()) if self.pending.is_empty() => Ok(()),
             Ok(()) => {
                 let live: u64 = self.pending.values().map(|l| l.len() as u64).sum();
-                if self.len <= COMPACT_AT || self.len <= 4 * live {
+                if self.len <= self.compact_at || self.len <= 4 * live {
                     Ok(())
                 } else if self.background {
                     self.compaction_due = true;
@@ -475,6 +518,9 @@ impl ResultJournal {
         }
         write_zeros(f, 0, len.min(PREALLOC))?;
         self.len = 0;
+        // Nothing left to compact.
+        self.compaction_due = false;
+        self.compact_at = COMPACT_AT;
         Ok(())
     }
 
@@ -482,27 +528,31 @@ impl ResultJournal {
     /// caller's thread (at startup, and without a syncer).
     fn rewrite(&mut self) -> io::Result<()> {
         let tmp = self.tmp_path();
-        let written = (|| {
-            let (_, len) = write_new(&tmp, self.pending.values())?;
+        let installed = write_new(&tmp, self.pending.values()).and_then(|(_, len)| {
             fs::rename(&tmp, &self.path)?;
-            // The rename must be on disk before results written to the new
-            // file are sent: their syncs flush data only, not the directory.
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
             Ok(len)
-        })();
-        match written {
-            Ok(len) => {
-                self.file = None;
-                self.len = len;
-                Ok(())
-            }
+        });
+        let len = match installed {
+            Ok(len) => len,
             Err(e) => {
                 remove_quietly(&tmp);
-                Err(e)
+                self.compact_at = self.len + COMPACT_AT;
+                return Err(e);
             }
+        };
+        // The new file is in place from here on, whatever the directory
+        // sync below says: later records must go to it.
+        self.file = None;
+        self.len = len;
+        self.compact_at = COMPACT_AT;
+        // The rename must be on disk before results written to the new
+        // file are sent: their syncs flush data only, not the directory.
+        self.dir_unsynced = true;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
         }
+        self.dir_unsynced = false;
+        Ok(())
     }
 }
 
@@ -753,6 +803,14 @@ mod tests {
         assert_eq!(job.ticket, j.written);
         assert!(job.dir.is_some(), "the rename is synced too");
         job.run().unwrap();
+        // Until the syncer says the directory sync worked, every sync
+        // includes it.
+        j.record(&pending("more", 5)).unwrap();
+        assert!(j.to_sync().unwrap().dir.is_some());
+        j.dir_synced();
+        j.record(&pending("more", 6)).unwrap();
+        assert!(j.to_sync().unwrap().dir.is_none());
+        j.done("more");
         assert_eq!(j.compactions(), 1);
         assert_ne!(ino(dir.path()), old, "a new file");
         assert_eq!(size(dir.path()), PREALLOC);
@@ -768,22 +826,39 @@ mod tests {
 
     #[test]
     fn a_compaction_that_cannot_be_built_leaves_the_old_file_complete() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut j = due_for_compaction(dir.path());
-        let old = ino(dir.path());
-        let _ = j.begin_compaction().expect("due");
-        change_meanwhile(&mut j);
-        let job = j.finish_compaction(Err(io::Error::other("no space left")));
-        assert!(job.dir.is_none());
-        job.run().unwrap();
-        assert_eq!(j.compactions(), 0);
-        assert_eq!(ino(dir.path()), old);
-        assert!(!dir.path().join("journal.jsonl.tmp").exists());
-        drop(j);
-        assert_eq!(
-            reopened(dir.path()),
-            [("new".into(), 3), ("redo".into(), 2)]
-        );
+        // Failing to write the new file, and failing to rename it.
+        for rename_fails in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let tmp = dir.path().join("journal.jsonl.tmp");
+            let mut j = due_for_compaction(dir.path());
+            let old = ino(dir.path());
+            let c = j.begin_compaction().expect("due");
+            change_meanwhile(&mut j);
+            let built = if rename_fails {
+                let built = c.build();
+                assert!(tmp.exists());
+                fs::remove_file(&tmp).unwrap();
+                built
+            } else {
+                Err(io::Error::other("no space left"))
+            };
+            let job = j.finish_compaction(built);
+            assert!(job.dir.is_none());
+            job.run().unwrap();
+            assert_eq!(j.compactions(), 0);
+            assert_eq!(ino(dir.path()), old);
+            assert!(!tmp.exists());
+            // Not tried again at the next result: only once the file has
+            // grown by as much again.
+            j.put(&pending("x", 9)).unwrap();
+            j.done("x");
+            assert!(!j.compaction_due());
+            drop(j);
+            assert_eq!(
+                reopened(dir.path()),
+                [("new".into(), 3), ("redo".into(), 2)]
+            );
+        }
     }
 
     #[test]

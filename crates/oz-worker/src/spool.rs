@@ -281,9 +281,6 @@ pub struct Spool {
     acking: AtomicBool,
     /// Wakes tasks waiting for [`Spool::room`] (an ack, a disconnect).
     room: Notify,
-    /// Results are synced by [`Spool::sync_results`] instead of in
-    /// [`Spool::finish`].
-    deferred: AtomicBool,
     /// Journal tickets up to this one are on disk.
     synced: AtomicU64,
     /// Wakes [`Spool::sync_results`]: a result was recorded.
@@ -332,7 +329,6 @@ impl Spool {
             notify: Notify::new(),
             acking: AtomicBool::new(false),
             room: Notify::new(),
-            deferred: AtomicBool::new(false),
             synced: AtomicU64::new(0),
             unsynced: Notify::new(),
             _lock: lock,
@@ -535,10 +531,11 @@ impl Spool {
         // Journaled outside `inner`, so output of other tasks is not held
         // up. The task's readers are done and it is not finished yet, so
         // nothing about it changes meanwhile.
-        let deferred = self.deferred.load(Ordering::SeqCst);
         let journaled = {
             let mut journal = self.journal();
-            if deferred {
+            // Decided under the journal's lock: once the syncer has taken
+            // over it may be compacting, and only `record` is right then.
+            if journal.background() {
                 journal.record(&pending)
             } else {
                 journal.put(&pending).map(|()| 0)
@@ -577,7 +574,6 @@ impl Spool {
     /// The journal's compactions (a new file, two syncs and a rename) are
     /// made here too, for the same reason. Runs until the runtime stops.
     pub async fn sync_results(self: Arc<Self>) {
-        self.deferred.store(true, Ordering::SeqCst);
         self.journal().set_background(true);
         loop {
             let wake = self.unsynced.notified();
@@ -605,9 +601,13 @@ impl Spool {
                 }
             };
             let ticket = job.ticket;
+            let with_dir = job.dir.is_some();
             let synced = tokio::task::spawn_blocking(move || job.run())
                 .await
                 .unwrap_or_else(|e| Err(io::Error::other(e)));
+            if with_dir && synced.is_ok() {
+                self.journal().dir_synced();
+            }
             if let Err(err) = synced {
                 // As when a result cannot be written: it is sent anyway.
                 tracing::error!(error = %err, "cannot sync the result journal; results are sent without it");
@@ -1099,7 +1099,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(Spool::open(dir.path(), 64 * MIB).unwrap());
         // Deferred as sync_results sets it, before its loop first runs.
-        s.deferred.store(true, Ordering::SeqCst);
+        s.journal().set_background(true);
         for t in ["a", "b"] {
             s.begin(t, None);
             s.finish(t, None, completed(t));
@@ -1143,51 +1143,74 @@ mod tests {
         syncer.abort();
     }
 
-    /// With a result that stays pending, the journal fills up and must be
-    /// rewritten: the syncer does it, and every result still goes out.
+    /// With results in flight, the journal fills up and must be rewritten:
+    /// the syncer does it while results go on ending, and every result
+    /// sent has its record in the file a restart would read.
     #[tokio::test]
     async fn the_syncer_compacts_the_journal_while_results_flow() {
         let dir = tempfile::tempdir().unwrap();
+        let journal = dir
+            .path()
+            .join(RESULTS_DIR)
+            .join(crate::journal::JOURNAL_FILE);
         let s = Arc::new(Spool::open(dir.path(), 64 * MIB).unwrap());
-        // A result that is never delivered: pending at every `done`.
-        let stuck = Pending {
-            task_id: "stuck".into(),
-            last_seq: 0,
-            execution_id: None,
-            frame: completed("stuck"),
-        };
-        s.journal().put(&stuck).unwrap();
         let syncer = tokio::spawn(s.clone().sync_results());
         // Let it start (it takes over syncing and compacting).
         tokio::task::yield_now().await;
-        assert!(s.deferred.load(Ordering::SeqCst));
-        let n = 600;
-        for i in 0..n {
-            let t = format!("t{i}");
-            s.begin(&t, None);
-            s.finish(&t, None, completed(&t));
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            loop {
-                let wake = s.notified();
-                if drain(&s, true, false)
-                    .iter()
-                    .any(|m| m.is_terminal() && m.task_id() == t)
-                {
-                    break;
+        assert!(s.journal().background());
+        let (n, in_flight) = (1500, 32);
+        let sent = Arc::new(AtomicU64::new(0));
+        // Tasks end on their own schedule, also while a compaction is
+        // being built (the syncer then waits on the blocking pool).
+        let producer = {
+            let (s, sent) = (s.clone(), sent.clone());
+            tokio::spawn(async move {
+                for i in 0..n {
+                    while i - sent.load(Ordering::SeqCst) >= in_flight {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    let t = format!("t{i}");
+                    s.begin(&t, None);
+                    s.finish(&t, None, completed(&t));
+                    tokio::task::yield_now().await;
                 }
-                assert!(std::time::Instant::now() < deadline, "{t} never sent");
-                let _ = tokio::time::timeout(std::time::Duration::from_millis(100), wake).await;
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while sent.load(Ordering::SeqCst) < n {
+            assert!(std::time::Instant::now() < deadline, "results never sent");
+            let wake = s.notified();
+            let mut progressed = false;
+            while let Some(Outgoing { msg, generation }) = s.next_frame(true) {
+                if !msg.is_terminal() {
+                    continue;
+                }
+                // Its record is on disk in the file at the journal's path
+                // (the bytes before the first NUL are what a restart reads).
+                let bytes = fs::read(&journal).unwrap();
+                let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+                let needle = format!("{{\"put\":{{\"task_id\":\"{}\"", msg.task_id());
+                assert!(
+                    String::from_utf8_lossy(&bytes[..end]).contains(&needle),
+                    "{} sent before its record is in the journal",
+                    msg.task_id()
+                );
+                s.written(msg.task_id(), generation, true);
+                sent.fetch_add(1, Ordering::SeqCst);
+                progressed = true;
+            }
+            if !progressed {
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(50), wake).await;
             }
         }
+        producer.await.unwrap();
         assert!(s.journal().compactions() >= 1, "never compacted");
-        assert_eq!(s.journal().pending(), 1);
+        assert_eq!(s.journal().pending(), 0);
         syncer.abort();
         let _ = syncer.await;
         drop(Arc::into_inner(s).expect("the only handle"));
-        // After a restart only the undelivered result is found.
         let (_, list) = ResultJournal::open(&dir.path().join(RESULTS_DIR)).unwrap();
-        let ids: Vec<&str> = list.iter().map(|p| p.task_id.as_str()).collect();
-        assert_eq!(ids, ["stuck"]);
+        assert!(list.is_empty(), "{} left", list.len());
     }
 
     /// The connection writes a result while the run is assigned again and
