@@ -21,12 +21,14 @@ use anyhow::bail;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::harness::{Stamps, machine, ms, now_ns, round, summary};
+use crate::harness::{Stamps, machine, ms, now_ns, round, settle, summary};
 
 pub struct Opts {
     pub seconds: f64,
     pub concurrency: Vec<usize>,
     pub agent_samples: usize,
+    /// [`settle`] before each rate.
+    pub settle: bool,
 }
 
 impl Opts {
@@ -35,6 +37,7 @@ impl Opts {
             seconds: 0.3,
             concurrency: vec![1, 8],
             agent_samples: 20,
+            settle: false,
         }
     }
 }
@@ -164,11 +167,18 @@ impl Floor {
 }
 
 /// The floor for each concurrency, without and with hooks.
-pub async fn rates(concurrency: &[usize], seconds: f64) -> anyhow::Result<Vec<Value>> {
+pub async fn rates(
+    concurrency: &[usize],
+    seconds: f64,
+    settle_first: bool,
+) -> anyhow::Result<Vec<Value>> {
     let floor = Arc::new(Floor::new()?);
     let mut out = Vec::new();
     for hooks in [false, true] {
         for &c in concurrency {
+            if settle_first {
+                settle().await;
+            }
             out.push(floor.rate(c, hooks, seconds).await?);
         }
     }
@@ -178,7 +188,7 @@ pub async fn rates(concurrency: &[usize], seconds: f64) -> anyhow::Result<Vec<Va
 pub async fn run(o: &Opts) -> anyhow::Result<Value> {
     let floor = Floor::new()?;
     let start = floor.agent_start_ms(o.agent_samples).await?;
-    let rates = rates(&o.concurrency, o.seconds).await?;
+    let rates = rates(&o.concurrency, o.seconds, o.settle).await?;
     Ok(json!({
         "bench": "floor",
         "machine": machine(),

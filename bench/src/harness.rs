@@ -66,6 +66,19 @@ fn log_file(name: &str) -> anyhow::Result<Stdio> {
     Ok(std::fs::File::create(path)?.into())
 }
 
+/// Let the machine settle before a measurement: write back what the last
+/// one left dirty (a server's database, thousands of workspaces) and wait a
+/// second, so that no measurement pays for the write-back of the one
+/// before it.
+pub async fn settle() {
+    match Command::new("sync").status().await {
+        Ok(st) if st.success() => {}
+        Ok(st) => eprintln!("warning: sync exited with {st}; measuring without it"),
+        Err(e) => eprintln!("warning: cannot run sync ({e}); measuring without it"),
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
 /// Leave out of `cmd`'s environment every `OZ_` variable of the shell the
 /// bench runs in (the caller sets what it needs afterwards): an
 /// `OZ_DATABASE_URL`, `OZ_CONFIG` or `OZ_THREADS` there would otherwise point

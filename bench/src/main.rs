@@ -141,6 +141,12 @@ struct ThroughputArgs {
     /// run). Recorded in each result as `server_database`.
     #[arg(long, value_name = "URL")]
     server_database: Option<String>,
+    /// Measure each setup this many times, each right after a floor
+    /// measurement of its own at the same concurrency and hooks, and report
+    /// the median ratio with its range (1: one floor measurement per
+    /// concurrency, shared).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=99))]
+    rounds: u16,
 }
 
 #[derive(clap::Args)]
@@ -233,6 +239,7 @@ impl ThroughputArgs {
         if smoke {
             return throughput::Opts {
                 server_database: self.server_database.clone(),
+                rounds: usize::from(self.rounds),
                 ..throughput::Opts::smoke()
             };
         }
@@ -244,6 +251,7 @@ impl ThroughputArgs {
             floor_seconds,
             smoke: false,
             server_database: self.server_database.clone(),
+            rounds: usize::from(self.rounds),
         }
     }
 }
@@ -257,6 +265,7 @@ impl FloorArgs {
             seconds: self.floor_seconds,
             concurrency,
             agent_samples: self.agent_samples,
+            settle: true,
         }
     }
 }

@@ -12,7 +12,9 @@
 //! taken from the server's end timestamps after the first 10% of the runs
 //! (`steady`), and over the whole measurement from the first POST
 //! (`overall`). The floor (see `floor`) is measured at the same
-//! concurrency and hooks; the ratio is ours / floor.
+//! concurrency and hooks; the ratio is ours / floor. With `--rounds N` each
+//! setup is measured N times, each right after its own floor measurement,
+//! and the round with the median ratio is reported with all of them.
 //!
 //! `--server-database sqlite::memory:` runs the server on a database that
 //! does no file I/O: not durable, so not a setup anyone should run, but the
@@ -31,7 +33,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::floor;
 use crate::harness::{
     Agent, Server, Stamps, Submitted, Worker, WorkerSpec, check, cpu_secs, ended_ns, is_success,
-    machine, ms, now_ns, round, submit, wait_workers,
+    machine, ms, now_ns, round, settle, submit, wait_workers,
 };
 
 pub struct Opts {
@@ -43,6 +45,10 @@ pub struct Opts {
     pub smoke: bool,
     /// The server's `--database-url` (`None`: a file in its data dir).
     pub server_database: Option<String>,
+    /// Measurements per setup, each right after its own floor
+    /// measurement; the median ratio is reported (1: one floor measurement
+    /// per concurrency, shared by the setups, as before).
+    pub rounds: usize,
 }
 
 impl Opts {
@@ -55,6 +61,7 @@ impl Opts {
             floor_seconds: 0.3,
             smoke: true,
             server_database: None,
+            rounds: 1,
         }
     }
 }
@@ -180,6 +187,9 @@ impl Setup {
 }
 
 async fn measure(setup: &Setup, o: &Opts) -> anyhow::Result<Value> {
+    if !o.smoke {
+        settle().await;
+    }
     let server = Server::start_with(o.server_database.as_deref()).await?;
     let client = server.client()?;
     let stamps = Stamps::new()?;
@@ -264,23 +274,41 @@ pub async fn run(o: &Opts, floor_rates: Option<Vec<Value>>) -> anyhow::Result<Va
     let mut cs: Vec<usize> = setups.iter().map(Setup::slots).collect();
     cs.sort_unstable();
     cs.dedup();
+    let paired = o.rounds > 1;
     let floor_rates = match floor_rates {
+        _ if paired => Vec::new(),
         Some(r) if cs.iter().all(|&c| floor_rate(&r, c, false).is_some()) => r,
-        _ => floor::rates(&cs, o.floor_seconds).await?,
+        _ => floor::rates(&cs, o.floor_seconds, !o.smoke).await?,
+    };
+    let floor = if paired {
+        Some(Arc::new(floor::Floor::new()?))
+    } else {
+        None
     };
 
     let mut results = Vec::new();
     let mut targets = Vec::new();
     for s in &setups {
-        let mut r = measure(s, o).await?;
-        let floor = floor_rate(&floor_rates, s.slots(), s.hooks).unwrap_or(f64::NAN);
+        let r = if let Some(floor) = &floor {
+            rounds(s, o, floor).await?
+        } else {
+            let mut r = measure(s, o).await?;
+            let floor = floor_rate(&floor_rates, s.slots(), s.hooks).unwrap_or(f64::NAN);
+            let ours = r["runs_per_s"].as_f64().unwrap_or(0.0);
+            r["floor_runs_per_s"] = json!(floor);
+            r["ratio_to_floor"] = json!(round(ours / floor, 3));
+            r
+        };
         let ours = r["runs_per_s"].as_f64().unwrap_or(0.0);
-        let ratio = ours / floor;
-        r["floor_runs_per_s"] = json!(floor);
-        r["ratio_to_floor"] = json!(round(ratio, 3));
+        let floor = r["floor_runs_per_s"].as_f64().unwrap_or(f64::NAN);
+        let ratio = r["ratio_to_floor"].as_f64().unwrap_or(f64::NAN);
         eprintln!(
-            "throughput: {}: {ours:.1} runs/s, floor {floor:.1}, ratio {ratio:.3}",
-            s.label()
+            "throughput: {}: {ours:.1} runs/s, floor {floor:.1}, ratio {ratio:.3}{}",
+            s.label(),
+            match r.get("ratio_to_floor_range") {
+                Some(range) => format!(" (median of {}; range {range})", o.rounds),
+                None => String::new(),
+            }
         );
         // Another database is an experiment, not the setup the target is
         // about: its ratios are reported, never checked.
@@ -301,8 +329,45 @@ pub async fn run(o: &Opts, floor_rates: Option<Vec<Value>>) -> anyhow::Result<Va
     Ok(json!({
         "bench": "throughput",
         "machine": machine(),
+        "rounds": o.rounds,
         "setups": results,
         "floor": floor_rates,
         "targets": targets,
     }))
+}
+
+/// `o.rounds` measurements of `s`, each right after a floor measurement at
+/// the same slots and hooks: the two see the same machine (on a shared VM
+/// its speed drifts by tens of percent over minutes). The round with the
+/// median ratio, with every round and the range of the ratio.
+async fn rounds(s: &Setup, o: &Opts, floor: &Arc<floor::Floor>) -> anyhow::Result<Value> {
+    let mut all = Vec::new();
+    for _ in 0..o.rounds {
+        if !o.smoke {
+            settle().await;
+        }
+        let f = floor.rate(s.slots(), s.hooks, o.floor_seconds).await?;
+        let mut r = measure(s, o).await?;
+        let floor_rate = f["runs_per_s"].as_f64().unwrap_or(f64::NAN);
+        let ours = r["runs_per_s"].as_f64().unwrap_or(0.0);
+        r["floor_runs_per_s"] = json!(floor_rate);
+        r["ratio_to_floor"] = json!(round(ours / floor_rate, 3));
+        all.push(r);
+    }
+    let ratio = |r: &Value| r["ratio_to_floor"].as_f64().unwrap_or(f64::NAN);
+    all.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    let (lo, hi) = (ratio(&all[0]), ratio(&all[all.len() - 1]));
+    let mut median = all[(all.len() - 1) / 2].clone();
+    median["ratio_to_floor_range"] = json!([lo, hi]);
+    median["rounds"] = json!(
+        all.iter()
+            .map(|r| json!({
+                "runs_per_s": r["runs_per_s"],
+                "floor_runs_per_s": r["floor_runs_per_s"],
+                "ratio_to_floor": r["ratio_to_floor"],
+                "cpu_ms_per_run": r["cpu_ms_per_run"],
+            }))
+            .collect::<Vec<_>>()
+    );
+    Ok(median)
 }
