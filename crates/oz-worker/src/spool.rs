@@ -153,6 +153,10 @@ struct Entry {
     /// the task is assigned again, so that a result written by the
     /// connection meanwhile is not taken for the new execution's.
     generation: u64,
+    /// The spool file may exist (written here, or found at startup): only
+    /// then is it removed, which spares a failing unlink for every task
+    /// that printed nothing.
+    on_disk: bool,
 }
 
 impl Entry {
@@ -175,6 +179,7 @@ impl Entry {
             ticket: 0,
             lost: None,
             warned: false,
+            on_disk: false,
         }
     }
 
@@ -185,6 +190,7 @@ impl Entry {
                 .append(true)
                 .mode(0o600)
                 .open(&self.path)?;
+            self.on_disk = true;
             self.writer = Some(f);
         }
         let Some(w) = self.writer.as_mut() else {
@@ -219,7 +225,7 @@ impl Entry {
     /// Forget the file's content (v1 connection, or an unreadable file).
     fn discard(&mut self) {
         self.writer = None;
-        remove_quietly(&self.path);
+        self.remove_file();
         self.len = 0;
         self.base = 0;
         self.send = 0;
@@ -229,6 +235,13 @@ impl Entry {
 
     fn done(&self) -> bool {
         self.finished && self.end_sent && self.result.is_none() && self.acked >= self.last_seq
+    }
+
+    fn remove_file(&mut self) {
+        if self.on_disk {
+            remove_quietly(&self.path);
+            self.on_disk = false;
+        }
     }
 }
 
@@ -380,6 +393,7 @@ impl Spool {
                 Ok((0, _)) => remove_quietly(&path),
                 Ok((len, last_seq)) => {
                     let e = inner.entry(task_id, &self.spool_dir);
+                    e.on_disk = true;
                     e.len = len;
                     e.last_seq = last_seq;
                     e.finished = true;
@@ -661,7 +675,7 @@ impl Spool {
             }
         }
         if e.done() {
-            remove_quietly(&e.path);
+            e.remove_file();
             inner.remove(task_id);
         }
         drop(inner);
@@ -781,7 +795,7 @@ impl Spool {
             return Step::Frame(r.clone());
         }
         if e.done() {
-            remove_quietly(&e.path);
+            e.remove_file();
             return Step::Remove;
         }
         Step::Nothing
@@ -1141,6 +1155,30 @@ mod tests {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(100), wake).await;
         }
         syncer.abort();
+    }
+
+    /// A task that printed nothing never had a spool file, and none is
+    /// removed for it; one that printed has its file removed once its
+    /// lines are stored.
+    #[test]
+    fn only_a_spool_file_that_was_written_is_removed() {
+        for logs in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = dir.path().join(SPOOL_DIR);
+            let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+            s.begin("quiet", None);
+            s.begin("loud", None);
+            append(&s, "loud", &[line(10, b'a')]);
+            assert_eq!(files(&spool), ["loud.jsonl"]);
+            assert!(!s.lock().tasks["quiet"].on_disk);
+            assert!(s.lock().tasks["loud"].on_disk);
+            s.finish("quiet", None, completed("quiet"));
+            s.finish("loud", None, completed("loud"));
+            drain(&s, logs, true);
+            drain(&s, logs, true);
+            assert!(files(&spool).is_empty(), "logs: {logs}");
+            assert!(s.lock().tasks.is_empty(), "logs: {logs}");
+        }
     }
 
     /// With results in flight, the journal fills up and must be rewritten:

@@ -1001,6 +1001,25 @@ async fn same_run_id_again_gets_a_fresh_workspace() {
     stop(w, &sb).await;
 }
 
+/// A directory already there under the task's id (say, kept by an earlier
+/// execution with other permissions) is reused and made 0700 again.
+#[tokio::test]
+async fn a_reused_workspace_is_made_private_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let mut cp = ControlPlane::start().await;
+    let w = WorkerBuilder::new(&sb, &cp).spawn();
+    cp.connected().await;
+
+    let ws = sb.workspace_root().join("open");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = assignment_running("open", RECORD_MODE);
+    completed(run(&mut cp, a).await);
+    assert_eq!(sb.record("open", "mode").unwrap().trim(), "700");
+    stop(w, &sb).await;
+}
+
 #[tokio::test]
 async fn same_run_id_after_no_cleanup_reuses_the_kept_workspace() {
     let sb = Sandbox::new();
