@@ -80,13 +80,16 @@ pub async fn settle() {
 }
 
 /// Leave out of `cmd`'s environment every `OZ_` variable of the shell the
-/// bench runs in (the caller sets what it needs afterwards): an
-/// `OZ_DATABASE_URL`, `OZ_CONFIG` or `OZ_THREADS` there would otherwise point
-/// the bench's server at another database or configuration, and its
-/// numbers would silently depend on who ran it.
+/// bench runs in, and the C allocator's (the caller sets what it needs
+/// afterwards): an `OZ_DATABASE_URL`, `OZ_CONFIG` or `OZ_THREADS` there
+/// would otherwise point the bench's server at another database or
+/// configuration, and its numbers would silently depend on who ran it.
 fn clean_env(cmd: &mut Command) -> &mut Command {
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("OZ_") {
+        let n = name.to_string_lossy();
+        // The C library's allocator settings too: with any of them set the
+        // server leaves its own allocator tuning off.
+        if n.starts_with("OZ_") || n.starts_with("MALLOC_") || n == "GLIBC_TUNABLES" {
             cmd.env_remove(&name);
         }
     }

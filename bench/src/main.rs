@@ -141,11 +141,11 @@ struct ThroughputArgs {
     /// run). Recorded in each result as `server_database`.
     #[arg(long, value_name = "URL")]
     server_database: Option<String>,
-    /// Measure each setup this many times, each right after a floor
-    /// measurement of its own at the same concurrency and hooks, and report
-    /// the median ratio with its range (1: one floor measurement per
-    /// concurrency, shared).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=99))]
+    /// Measure each setup this many times (an odd number), each right after
+    /// a floor measurement of its own at the same concurrency and hooks,
+    /// and report the median ratio with its range (1: one floor measurement
+    /// per concurrency, shared).
+    #[arg(long, default_value_t = 1, value_parser = odd_rounds)]
     rounds: u16,
 }
 
@@ -232,6 +232,19 @@ impl DispatchArgs {
             agent_samples,
         }
     }
+}
+
+/// `--rounds`: 1 to 99 and odd, so that the median is one of the rounds.
+fn odd_rounds(s: &str) -> Result<u16, String> {
+    let n: u16 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of rounds"))?;
+    if n == 0 || n > 99 || n.is_multiple_of(2) {
+        return Err(format!(
+            "{n} rounds: give an odd number from 1 to 99, so that the median is one of the rounds"
+        ));
+    }
+    Ok(n)
 }
 
 impl ThroughputArgs {

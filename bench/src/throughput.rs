@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use oz_cli::client::Client;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
@@ -280,17 +280,12 @@ pub async fn run(o: &Opts, floor_rates: Option<Vec<Value>>) -> anyhow::Result<Va
         Some(r) if cs.iter().all(|&c| floor_rate(&r, c, false).is_some()) => r,
         _ => floor::rates(&cs, o.floor_seconds, !o.smoke).await?,
     };
-    let floor = if paired {
-        Some(Arc::new(floor::Floor::new()?))
-    } else {
-        None
-    };
 
     let mut results = Vec::new();
     let mut targets = Vec::new();
     for s in &setups {
-        let r = if let Some(floor) = &floor {
-            rounds(s, o, floor).await?
+        let r = if paired {
+            rounds(s, o).await?
         } else {
             let mut r = measure(s, o).await?;
             let floor = floor_rate(&floor_rates, s.slots(), s.hooks).unwrap_or(f64::NAN);
@@ -301,7 +296,8 @@ pub async fn run(o: &Opts, floor_rates: Option<Vec<Value>>) -> anyhow::Result<Va
         };
         let ours = r["runs_per_s"].as_f64().unwrap_or(0.0);
         let floor = r["floor_runs_per_s"].as_f64().unwrap_or(f64::NAN);
-        let ratio = r["ratio_to_floor"].as_f64().unwrap_or(f64::NAN);
+        // Unrounded, for the target check.
+        let ratio = ours / floor;
         eprintln!(
             "throughput: {}: {ours:.1} runs/s, floor {floor:.1}, ratio {ratio:.3}{}",
             s.label(),
@@ -336,38 +332,50 @@ pub async fn run(o: &Opts, floor_rates: Option<Vec<Value>>) -> anyhow::Result<Va
     }))
 }
 
-/// `o.rounds` measurements of `s`, each right after a floor measurement at
-/// the same slots and hooks: the two see the same machine (on a shared VM
-/// its speed drifts by tens of percent over minutes). The round with the
-/// median ratio, with every round and the range of the ratio.
-async fn rounds(s: &Setup, o: &Opts, floor: &Arc<floor::Floor>) -> anyhow::Result<Value> {
+/// `o.rounds` measurements of `s` (an odd count), each right after a floor
+/// measurement of its own at the same slots and hooks, on a fresh floor
+/// directory. The round with the median ratio, with every round in the
+/// order measured and the range of the ratio.
+async fn rounds(s: &Setup, o: &Opts) -> anyhow::Result<Value> {
     let mut all = Vec::new();
-    for _ in 0..o.rounds {
+    for i in 0..o.rounds {
         if !o.smoke {
             settle().await;
         }
-        let f = floor.rate(s.slots(), s.hooks, o.floor_seconds).await?;
+        let f = Arc::new(floor::Floor::new()?)
+            .rate(s.slots(), s.hooks, o.floor_seconds)
+            .await?;
+        let floor_rate = f["runs_per_s"].as_f64().unwrap_or(0.0);
+        if floor_rate.is_nan() || floor_rate <= 0.0 {
+            bail!(
+                "the floor completed no runs in {} s at {} slots; raise --floor-seconds",
+                o.floor_seconds,
+                s.slots()
+            );
+        }
         let mut r = measure(s, o).await?;
-        let floor_rate = f["runs_per_s"].as_f64().unwrap_or(f64::NAN);
         let ours = r["runs_per_s"].as_f64().unwrap_or(0.0);
+        r["round"] = json!(i + 1);
         r["floor_runs_per_s"] = json!(floor_rate);
         r["ratio_to_floor"] = json!(round(ours / floor_rate, 3));
-        all.push(r);
+        all.push((ours / floor_rate, r));
     }
-    let ratio = |r: &Value| r["ratio_to_floor"].as_f64().unwrap_or(f64::NAN);
-    all.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
-    let (lo, hi) = (ratio(&all[0]), ratio(&all[all.len() - 1]));
-    let mut median = all[(all.len() - 1) / 2].clone();
-    median["ratio_to_floor_range"] = json!([lo, hi]);
-    median["rounds"] = json!(
-        all.iter()
-            .map(|r| json!({
+    let in_order: Vec<Value> = all
+        .iter()
+        .map(|(_, r)| {
+            json!({
+                "round": r["round"],
                 "runs_per_s": r["runs_per_s"],
                 "floor_runs_per_s": r["floor_runs_per_s"],
                 "ratio_to_floor": r["ratio_to_floor"],
                 "cpu_ms_per_run": r["cpu_ms_per_run"],
-            }))
-            .collect::<Vec<_>>()
-    );
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (lo, hi) = (all[0].0, all[all.len() - 1].0);
+    let mut median = all.swap_remove(all.len() / 2).1;
+    median["ratio_to_floor_range"] = json!([round(lo, 3), round(hi, 3)]);
+    median["rounds"] = json!(in_order);
     Ok(median)
 }

@@ -595,19 +595,17 @@ impl DirectBackend {
             });
         }
         let dir = d.workspace_root.join(run_id);
-        let created = match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => true,
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {
                 tracing::warn!(run_id, workspace = %dir.display(), "workspace already exists (left by an earlier execution); reusing it");
-                false
             }
             Err(e) => return Err(e),
-        };
-        // The mode given to mkdir is filtered by the umask, and a reused
-        // directory keeps its own: chmod unless mkdir made exactly 0700.
-        if !created || !sys::umask_spares_owner() {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         }
+        // Explicit chmod: the mode given to mkdir is filtered by the umask
+        // (or a default ACL), a setgid root adds its bit, and a reused
+        // directory keeps its own.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         let owner = OwnerMarker {
             worker_id: self.settings.worker_id.clone(),
             pid: self.pid,

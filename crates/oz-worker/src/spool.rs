@@ -31,7 +31,7 @@
 //! Memory: nothing but offsets is kept per task; batches are read from the
 //! file when they are sent.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -252,6 +252,9 @@ struct Inner {
     order: VecDeque<String>,
     /// The last [`Entry::generation`] given out.
     generations: u64,
+    /// Spool files found at startup but left alone (unreadable): an entry
+    /// made later for the same task removes its file when done.
+    left_alone: HashSet<String>,
 }
 
 impl Inner {
@@ -261,9 +264,12 @@ impl Inner {
             self.generations += 1;
         }
         let generation = self.generations;
-        self.tasks
-            .entry(task_id.to_owned())
-            .or_insert_with(|| Entry::new(spool_dir.join(format!("{task_id}.jsonl")), generation))
+        let left_alone = &mut self.left_alone;
+        self.tasks.entry(task_id.to_owned()).or_insert_with(|| {
+            let mut e = Entry::new(spool_dir.join(format!("{task_id}.jsonl")), generation);
+            e.on_disk = left_alone.remove(task_id);
+            e
+        })
     }
 
     fn next_generation(&mut self) -> u64 {
@@ -399,7 +405,8 @@ impl Spool {
                     e.finished = true;
                 }
                 Err(err) => {
-                    tracing::warn!(path = %path.display(), error = %err, "cannot read a spooled task log; leaving it alone")
+                    tracing::warn!(path = %path.display(), error = %err, "cannot read a spooled task log; leaving it alone");
+                    inner.left_alone.insert(task_id.to_owned());
                 }
             }
         }
@@ -1179,6 +1186,22 @@ mod tests {
             assert!(files(&spool).is_empty(), "logs: {logs}");
             assert!(s.lock().tasks.is_empty(), "logs: {logs}");
         }
+    }
+
+    /// A spool file left alone at startup (unreadable) still counts as
+    /// there for a later execution of its task, which removes it when done.
+    #[test]
+    fn a_spool_file_left_alone_at_startup_is_known_to_a_later_execution() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Spool::open(dir.path(), 64 * MIB).unwrap());
+        // Unreadable as a log: a directory under the file's name.
+        fs::create_dir(dir.path().join(SPOOL_DIR).join("odd.jsonl")).unwrap();
+        let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+        assert!(s.lock().tasks.is_empty());
+        s.begin("odd", None);
+        s.begin("new", None);
+        assert!(s.lock().tasks["odd"].on_disk);
+        assert!(!s.lock().tasks["new"].on_disk);
     }
 
     /// With results in flight, the journal fills up and must be rewritten:

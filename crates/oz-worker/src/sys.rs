@@ -619,29 +619,6 @@ fn boot_ticks_now() -> Option<u64> {
     u64::try_from(ns * u128::from(hz) / 1_000_000_000).ok()
 }
 
-/// Does this process's umask leave the owner's permission bits alone (the
-/// usual 022 or 077)? Then a directory made with mode 0700 has exactly that
-/// mode and needs no chmod after it. Read once from `/proc/self/status`
-/// (Linux 4.7 and later; the worker never changes its umask); false when it
-/// cannot be read, so that the chmod is made.
-pub fn umask_spares_owner() -> bool {
-    static SPARES: OnceLock<bool> = OnceLock::new();
-    *SPARES.get_or_init(|| {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|status| parse_umask(&status))
-            .is_some_and(|mask| mask & 0o700 == 0)
-    })
-}
-
-/// The `Umask:` field of a `/proc/<pid>/status` text (octal).
-fn parse_umask(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Umask:"))
-        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-}
-
 /// The exit code as the official worker reports it: the status of a normal
 /// exit, or 128 + the signal number for a death by signal.
 pub fn exit_code(status: &ExitStatus) -> i32 {
@@ -677,22 +654,6 @@ pub fn describe(status: &ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_umask_is_read_from_proc_status() {
-        assert_eq!(
-            parse_umask("Name:\tx\nUmask:\t0022\nState:\tR\n"),
-            Some(0o022)
-        );
-        assert_eq!(parse_umask("Umask:\t0277\n"), Some(0o277));
-        assert_eq!(parse_umask("Name:\tx\n"), None);
-        assert_eq!(parse_umask("Umask:\tzz\n"), None);
-        // This process's, whatever it is, agrees with the call.
-        let mine = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| parse_umask(&s));
-        assert_eq!(umask_spares_owner(), mine.is_some_and(|m| m & 0o700 == 0));
-    }
 
     #[test]
     fn kernels_that_give_orphans_to_the_main_thread() {
