@@ -365,10 +365,9 @@ impl ResultJournal {
     /// then makes every result recorded so far durable.
     pub fn finish_compaction(&mut self, built: io::Result<(File, u64)>) -> ToSync {
         let snapshot = self.compacting.take().unwrap_or_default();
-        let delta = self.delta(&snapshot);
         let installed = built.and_then(|(f, len)| {
-            let delta = delta.as_deref().map_err(clone_error)?;
-            f.write_all_at(delta, len)?;
+            let delta = self.delta(&snapshot)?;
+            f.write_all_at(&delta, len)?;
             fs::rename(self.tmp_path(), &self.path)?;
             Ok((f, len + delta.len() as u64))
         });
@@ -382,10 +381,9 @@ impl ResultJournal {
                 self.dir_unsynced = true;
             }
             Err(err) => {
-                remove_quietly(&self.tmp_path());
                 self.compact_at = self.len + COMPACT_AT;
                 tracing::warn!(path = %self.path.display(), error = %err, "cannot compact the result journal; it keeps growing");
-                if let Err(err) = delta.and_then(|d| self.append(&d, false)) {
+                if let Err(err) = self.abandon_compaction(&snapshot) {
                     tracing::error!(path = %self.path.display(), error = %err, "cannot write the results recorded during a compaction to the result journal; they are kept in memory only");
                 }
             }
@@ -396,6 +394,14 @@ impl ResultJournal {
             dir: self.unsynced_dir(),
             ticket: self.written,
         }
+    }
+
+    /// A compaction that will not be installed: the half-built file goes,
+    /// and what changed since `snapshot` is appended to the old file.
+    fn abandon_compaction(&mut self, snapshot: &HashMap<String, Vec<u8>>) -> io::Result<()> {
+        remove_quietly(&self.tmp_path());
+        let delta = self.delta(snapshot)?;
+        self.append(&delta, false)
     }
 
     /// Compactions finished in the background so far.
@@ -577,22 +583,16 @@ fn write_new<'a>(path: &Path, lines: impl Iterator<Item = &'a Vec<u8>>) -> io::R
     Ok((f, len))
 }
 
-/// An `io::Error` carried on: its kind and message.
-fn clone_error(e: &io::Error) -> io::Error {
-    io::Error::new(e.kind(), e.to_string())
-}
-
 impl Drop for ResultJournal {
     /// A compaction cut short (the syncer stopped with the worker): what
     /// was recorded meanwhile goes to the old file, unsynced, as it would
     /// have without the compaction; the half-built file is removed (or, if
     /// its builder is still at it, at the next start).
     fn drop(&mut self) {
-        if let Some(snapshot) = self.compacting.take() {
-            remove_quietly(&self.tmp_path());
-            if let Err(err) = self.delta(&snapshot).and_then(|d| self.append(&d, false)) {
-                tracing::warn!(path = %self.path.display(), error = %err, "cannot write the results recorded during a compaction to the result journal");
-            }
+        if let Some(snapshot) = self.compacting.take()
+            && let Err(err) = self.abandon_compaction(&snapshot)
+        {
+            tracing::warn!(path = %self.path.display(), error = %err, "cannot write the results recorded during a compaction to the result journal");
         }
     }
 }
