@@ -147,6 +147,12 @@ struct ThroughputArgs {
     /// per concurrency, shared).
     #[arg(long, default_value_t = 1, value_parser = odd_rounds)]
     rounds: u16,
+    /// How the bench sees runs end: `list` asks for all the runs that
+    /// ended every 10 ms; `get` asks for each run by id (a request per run
+    /// that the server and the bench pay for, as before the eighth
+    /// session). Recorded in each result as `watch`.
+    #[arg(long, value_enum, default_value_t = throughput::Watch::List)]
+    watch: throughput::Watch,
 }
 
 #[derive(clap::Args)]
@@ -253,6 +259,7 @@ impl ThroughputArgs {
             return throughput::Opts {
                 server_database: self.server_database.clone(),
                 rounds: usize::from(self.rounds),
+                watch: self.watch,
                 ..throughput::Opts::smoke()
             };
         }
@@ -265,6 +272,7 @@ impl ThroughputArgs {
             smoke: false,
             server_database: self.server_database.clone(),
             rounds: usize::from(self.rounds),
+            watch: self.watch,
         }
     }
 }

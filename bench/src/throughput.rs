@@ -21,12 +21,14 @@
 //! bound on what any change to the store's I/O could gain. Such results
 //! carry `server_database` and are not checked against the target.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use oz_cli::client::Client;
+use oz_protocol::api::{RunItem, RunState};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -49,6 +51,8 @@ pub struct Opts {
     /// measurement; the median ratio is reported (1: one floor measurement
     /// per concurrency, shared by the setups, as before).
     pub rounds: usize,
+    /// How the bench sees runs end.
+    pub watch: Watch,
 }
 
 impl Opts {
@@ -62,6 +66,7 @@ impl Opts {
             smoke: true,
             server_database: None,
             rounds: 1,
+            watch: Watch::List,
         }
     }
 }
@@ -72,11 +77,19 @@ struct Driven {
     first_sent: i128,
     /// Server end timestamps, sorted.
     ended: Vec<i128>,
-    /// GETs the bench made to see the ends.
-    polls: usize,
+    /// Requests the bench made to see the ends: GETs of one run, lists.
+    gets: usize,
+    lists: usize,
 }
 
 impl Driven {
+    fn end(&mut self, run: &RunItem) {
+        if !is_success(run) {
+            self.failed += 1;
+        }
+        self.ended.push(ended_ns(run).unwrap_or_else(now_ns));
+    }
+
     /// Runs per second after the first 10% (warm-up within the measurement).
     fn steady(&self) -> f64 {
         let n = self.ended.len();
@@ -96,16 +109,50 @@ impl Driven {
     }
 }
 
+/// How the bench sees runs end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Watch {
+    /// `GET /agent/runs?state=<ended>&updated_after=…` every
+    /// [`LIST_EVERY`]: one request for all the runs that ended meanwhile.
+    List,
+    /// `GET /agent/runs/{id}` for each run, in submission order, paced by
+    /// the completion rate (until the eighth session: a request per run
+    /// that the server and the client both pay for).
+    Get,
+}
+
+impl Watch {
+    fn as_str(self) -> &'static str {
+        match self {
+            Watch::List => "list",
+            Watch::Get => "get",
+        }
+    }
+}
+
+/// How often `Watch::List` asks. Ended runs wait up to this long to be
+/// seen (and to let the next run in); the backlog window covers it.
+const LIST_EVERY: Duration = Duration::from_millis(10);
+/// How far back each list reaches before the latest end it has seen: a
+/// run's end timestamp is taken just before its commit, so a run can
+/// become visible after one with a later timestamp.
+const LIST_OVERLAP_NS: i128 = 20_000_000;
+/// A run submitted this long ago and not yet seen in a list is looked up
+/// by id (and again this often while it has not ended): a safety net, so
+/// that no timestamp ordering can lose a run.
+const LIST_RECHECK: Duration = Duration::from_secs(2);
+
 /// Push `n` runs through `worker_id` with at most `window` outstanding.
 async fn drive(
     client: &Client,
     worker_id: &str,
     n: usize,
     window: usize,
+    watch: Watch,
 ) -> anyhow::Result<Driven> {
     let sem = Arc::new(Semaphore::new(window));
     let next = Arc::new(AtomicUsize::new(0));
-    let (tx, mut rx) = mpsc::unbounded_channel::<anyhow::Result<Submitted>>();
+    let (tx, rx) = mpsc::unbounded_channel::<anyhow::Result<Submitted>>();
     for _ in 0..4 {
         let (client, id, sem, next, tx) = (
             client.clone(),
@@ -130,36 +177,151 @@ async fn drive(
         });
     }
     drop(tx);
-    let t0 = now_ns();
     let mut d = Driven {
         runs: n,
         failed: 0,
         first_sent: i128::MAX,
         ended: Vec::with_capacity(n),
-        polls: 0,
+        gets: 0,
+        lists: 0,
     };
-    for done in 0..n {
+    match watch {
+        Watch::Get => watch_each(client, rx, &sem, &mut d).await?,
+        Watch::List => watch_list(client, rx, &sem, &mut d).await?,
+    }
+    d.ended.sort_unstable();
+    Ok(d)
+}
+
+/// [`Watch::Get`]: each run in submission order, a GET at a time.
+async fn watch_each(
+    client: &Client,
+    mut rx: mpsc::UnboundedReceiver<anyhow::Result<Submitted>>,
+    sem: &Semaphore,
+    d: &mut Driven,
+) -> anyhow::Result<()> {
+    let t0 = now_ns();
+    for done in 0..d.runs {
         let s = rx.recv().await.context("the submitters stopped")??;
         d.first_sent = d.first_sent.min(s.sent_ns);
         // Poll about as often as runs end.
         let spacing = ms(now_ns() - t0) / done.max(1) as f64;
         let every = Duration::from_secs_f64((spacing / 1e3).clamp(0.001, 0.05));
         let run = loop {
-            d.polls += 1;
+            d.gets += 1;
             let run = client.get_run(&s.run_id).await?;
             if run.state.is_terminal() {
                 break run;
             }
             tokio::time::sleep(every).await;
         };
-        if !is_success(&run) {
-            d.failed += 1;
-        }
-        d.ended.push(ended_ns(&run).unwrap_or_else(now_ns));
+        d.end(&run);
         sem.add_permits(1);
     }
-    d.ended.sort_unstable();
-    Ok(d)
+    Ok(())
+}
+
+/// [`Watch::List`]: every [`LIST_EVERY`], the runs that ended since the
+/// last list (by end timestamp, with [`LIST_OVERLAP_NS`] of overlap); runs
+/// not submitted by this drive, or already seen, are skipped.
+async fn watch_list(
+    client: &Client,
+    mut rx: mpsc::UnboundedReceiver<anyhow::Result<Submitted>>,
+    sem: &Semaphore,
+    d: &mut Driven,
+) -> anyhow::Result<()> {
+    // Run id -> when to look it up by id if no list has shown it ended.
+    let mut waiting: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut received = 0;
+    let mut latest_end = now_ns();
+    let mut tick = tokio::time::interval(LIST_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let states: Vec<(String, String)> = RunState::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| ("state".to_owned(), s.as_str().to_owned()))
+        .collect();
+    while d.ended.len() < d.runs {
+        // Take in what was submitted meanwhile; wait for a submission when
+        // nothing is outstanding.
+        loop {
+            let got = if waiting.is_empty() && received < d.runs {
+                rx.recv().await
+            } else {
+                match rx.try_recv() {
+                    Ok(s) => Some(s),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            };
+            match got {
+                Some(s) => {
+                    let s = s?;
+                    received += 1;
+                    d.first_sent = d.first_sent.min(s.sent_ns);
+                    waiting.insert(s.run_id, tokio::time::Instant::now() + LIST_RECHECK);
+                }
+                None if received < d.runs => bail!("the submitters stopped"),
+                None => break,
+            }
+        }
+        tick.tick().await;
+        let since = latest_end - LIST_OVERLAP_NS;
+        let mut query = states.clone();
+        query.extend([
+            ("sort_by".to_owned(), "updated_at".to_owned()),
+            ("sort_order".to_owned(), "asc".to_owned()),
+            ("limit".to_owned(), "500".to_owned()),
+            ("updated_after".to_owned(), rfc3339_ns(since)),
+        ]);
+        loop {
+            d.lists += 1;
+            let page = client.list_runs(&query).await?;
+            for run in &page.runs {
+                let Some(end) = ended_ns(run) else { continue };
+                latest_end = latest_end.max(end);
+                if waiting.remove(&run.run_id).is_some() {
+                    d.end(run);
+                    sem.add_permits(1);
+                }
+            }
+            match page.page_info.next_cursor {
+                Some(c)
+                    if page.page_info.has_next_page && !page.runs.is_empty() && !c.is_empty() =>
+                {
+                    query.retain(|(k, _)| k != "cursor");
+                    query.push(("cursor".to_owned(), c));
+                }
+                _ => break,
+            }
+        }
+        // The safety net (see LIST_RECHECK).
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = waiting
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            d.gets += 1;
+            let run = client.get_run(&id).await?;
+            if run.state.is_terminal() {
+                waiting.remove(&id);
+                d.end(&run);
+                sem.add_permits(1);
+            } else if let Some(at) = waiting.get_mut(&id) {
+                *at = now + LIST_RECHECK;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RFC 3339 with nanoseconds, for a list's `updated_after`.
+fn rfc3339_ns(ns: i128) -> String {
+    let ns = i64::try_from(ns).unwrap_or(0);
+    chrono::DateTime::<chrono::Utc>::from_timestamp_nanos(ns)
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
 struct Setup {
@@ -209,7 +371,7 @@ async fn measure(setup: &Setup, o: &Opts) -> anyhow::Result<Value> {
     } else {
         (4 * slots).max(40)
     };
-    let pilot = drive(&client, id, pilot_n, window).await?;
+    let pilot = drive(&client, id, pilot_n, window, o.watch).await?;
     let n = if o.smoke {
         2 * slots + 10
     } else {
@@ -217,7 +379,7 @@ async fn measure(setup: &Setup, o: &Opts) -> anyhow::Result<Value> {
     };
     let cpu = |ws: &[Worker]| ws.iter().map(|w| cpu_secs(w.pid())).sum::<f64>();
     let (s0, w0) = (cpu_secs(server.pid()), cpu(&workers));
-    let d = drive(&client, id, n, window).await?;
+    let d = drive(&client, id, n, window, o.watch).await?;
     let (s1, w1) = (cpu_secs(server.pid()), cpu(&workers));
     for w in workers {
         w.stop().await;
@@ -235,7 +397,9 @@ async fn measure(setup: &Setup, o: &Opts) -> anyhow::Result<Value> {
         "pilot_runs_per_s": round(pilot.steady(), 1),
         "backlog_window": window,
         "server_database": o.server_database,
-        "client_gets_per_run": round(d.polls as f64 / d.runs as f64, 2),
+        "watch": o.watch.as_str(),
+        "client_gets_per_run": round(d.gets as f64 / d.runs as f64, 3),
+        "client_lists_per_run": round(d.lists as f64 / d.runs as f64, 3),
         "cpu_ms_per_run": {
             "server": round((s1 - s0) * 1e3 / n as f64, 3),
             "workers": round((w1 - w0) * 1e3 / n as f64, 3),
