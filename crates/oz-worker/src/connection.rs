@@ -210,6 +210,55 @@ impl Connection {
         }
     }
 
+    /// Write everything ready: the queue, oldest first (taking what the
+    /// supervisor queued first, so that a claim always precedes the result
+    /// of the same task), then the spool's log frames, `log_end` and
+    /// terminal frames, as far as the in-flight window allows. All of it
+    /// goes out with one flush: frames that are ready together (a task's
+    /// `log_end` and result, results of tasks that ended together) cost
+    /// one system call here and one read at the control plane. A message
+    /// leaves the queue, and a terminal frame counts as written, only once
+    /// the flush returned; after a failed write both are sent again on the
+    /// next connection.
+    async fn write_ready(&mut self, ws: &mut Ws) -> Result<(), SessionEnd> {
+        while let Ok(m) = self.outbox.try_recv() {
+            self.pending.push_back(m);
+        }
+        for msg in &self.pending {
+            feed(ws, msg).await?;
+        }
+        let fed = self.pending.len();
+        let mut terminals = Vec::new();
+        let mut spooled = false;
+        if let Some(logs) = self.logs {
+            while let Some(out) = self.spool.next_frame(logs) {
+                if out.msg.is_terminal() {
+                    // The spool gives a terminal frame out until it is
+                    // marked written, which waits for the flush: seeing
+                    // one again means this batch is complete.
+                    let task_id = out.msg.task_id();
+                    if terminals.iter().any(|(id, _)| id == task_id) {
+                        break;
+                    }
+                    terminals.push((task_id.to_owned(), out.generation));
+                }
+                feed(ws, &out.msg).await?;
+                spooled = true;
+            }
+        }
+        if fed == 0 && !spooled {
+            return Ok(());
+        }
+        flush(ws).await?;
+        self.pending.drain(..fed);
+        if let Some(logs) = self.logs {
+            for (task_id, generation) in terminals {
+                self.spool.written(&task_id, generation, logs);
+            }
+        }
+        Ok(())
+    }
+
     async fn connect(&self) -> Result<Ws, ConnectError> {
         let url = connect_url(&self.settings.websocket_url, &self.settings.worker_id);
         let mut request = url
@@ -244,30 +293,8 @@ impl Connection {
         let hello_deadline = Instant::now() + HELLO_WAIT;
         let mut ack_deadline: Option<Instant> = None;
         loop {
-            // Take what the supervisor queued first, so that a claim always
-            // precedes the result of the same task.
-            while let Ok(m) = self.outbox.try_recv() {
-                self.pending.push_back(m);
-            }
-            // Write everything queued, oldest first; a failed write keeps
-            // the message for the next connection.
-            while let Some(msg) = self.pending.front() {
-                if let Err(end) = write(&mut ws, msg).await {
-                    return end;
-                }
-                self.pending.pop_front();
-            }
-            // Then the spool: log frames, log_end and terminal frames, as
-            // far as the in-flight window allows.
-            if let Some(logs) = self.logs {
-                while let Some(out) = self.spool.next_frame(logs) {
-                    if let Err(end) = write(&mut ws, &out.msg).await {
-                        return end;
-                    }
-                    if out.msg.is_terminal() {
-                        self.spool.written(out.msg.task_id(), out.generation, logs);
-                    }
-                }
+            if let Err(end) = self.write_ready(&mut ws).await {
+                return end;
             }
             if self.closing.is_cancelled() && self.nothing_queued() {
                 let until = *ack_deadline.get_or_insert_with(|| Instant::now() + ACK_WAIT);
@@ -391,13 +418,23 @@ impl Connection {
     }
 }
 
-/// Write one frame within [`WRITE_WAIT`].
-async fn write(ws: &mut Ws, msg: &WorkerMessage) -> Result<(), SessionEnd> {
-    match timeout(WRITE_WAIT, ws.send(Message::text(msg.encode()))).await {
+/// Queue one frame on the socket within [`WRITE_WAIT`] (it may write out
+/// earlier frames if its buffer is full); [`flush`] sends the rest.
+async fn feed(ws: &mut Ws, msg: &WorkerMessage) -> Result<(), SessionEnd> {
+    match timeout(WRITE_WAIT, ws.feed(Message::text(msg.encode()))).await {
         Ok(Ok(())) => {
             tracing::debug!(kind = msg.kind(), task_id = msg.task_id(), "sent");
             Ok(())
         }
+        Ok(Err(e)) => Err(SessionEnd::Lost(format!("write failed: {e}"))),
+        Err(_) => Err(SessionEnd::Lost("write timed out".into())),
+    }
+}
+
+/// Write out every frame fed so far, within [`WRITE_WAIT`].
+async fn flush(ws: &mut Ws) -> Result<(), SessionEnd> {
+    match timeout(WRITE_WAIT, ws.flush()).await {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(SessionEnd::Lost(format!("write failed: {e}"))),
         Err(_) => Err(SessionEnd::Lost("write timed out".into())),
     }

@@ -735,7 +735,9 @@ impl Spool {
     }
 
     /// The next frame to write, tasks taken in turn. With `logs`, a task's
-    /// lines, then its `log_end`, then its terminal frame; without, only
+    /// lines, then its `log_end` and terminal frame back to back, once the
+    /// result is durable (a task without a result gets its `log_end` as
+    /// soon as its lines are out); without, only
     /// terminal frames of finished tasks, whose logs are discarded. After
     /// writing a terminal frame, call [`Spool::written`] with its
     /// generation.
@@ -757,8 +759,17 @@ impl Spool {
             } else {
                 next_v1(e)
             };
+            let result_next =
+                matches!(step, Step::Frame(WorkerMessage::LogEnd(_))) && e.result.is_some();
             match step {
-                Step::Frame(msg) => return Some(Outgoing { msg, generation }),
+                Step::Frame(msg) => {
+                    if result_next {
+                        // Its result comes next, before other tasks' frames.
+                        inner.order.pop_back();
+                        inner.order.push_front(id);
+                    }
+                    return Some(Outgoing { msg, generation });
+                }
                 Step::Nothing => {}
                 Step::Remove => inner.remove(&id),
             }
@@ -788,6 +799,13 @@ impl Spool {
             return Step::Nothing;
         }
         if !e.end_sent {
+            // A task's log_end waits for its result to be durable and goes
+            // out right before it (see `next_frame`): the control plane
+            // then stores both with one transition. One without a result
+            // (a task cut short by a crash) ends its lines at once.
+            if e.result.is_some() && !self.durable(e) {
+                return Step::Nothing;
+            }
             e.end_sent = true;
             return Step::Frame(WorkerMessage::LogEnd(LogEnd {
                 task_id: task_id.to_owned(),
@@ -1113,6 +1131,43 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// A task's log_end waits with its result for the sync, then the two go
+    /// out back to back, whatever other tasks have to send (the control
+    /// plane stores them with one transition).
+    #[test]
+    fn log_end_comes_right_before_its_durable_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 64 * MIB).unwrap();
+        s.journal().set_background(true);
+        for t in ["a", "b", "c"] {
+            s.begin(t, None);
+            append(&s, t, &[line(10, b'x')]);
+        }
+        for t in ["a", "b"] {
+            s.finish(t, None, completed(t));
+        }
+        // Not yet durable: lines only, no log_end.
+        let f = drain(&s, true, true);
+        assert_eq!(lines_of(&f).len(), 3, "{f:?}");
+        assert!(
+            f.iter().all(|m| matches!(m, WorkerMessage::LogLines(_))),
+            "{f:?}"
+        );
+        // Synced (as the syncer would): each log_end, then its result.
+        s.synced.store(u64::MAX, Ordering::SeqCst);
+        append(&s, "c", &[line(10, b'y')]);
+        let f = drain(&s, true, true);
+        let ends: Vec<usize> = (0..f.len())
+            .filter(|&i| matches!(f[i], WorkerMessage::LogEnd(_)))
+            .collect();
+        assert_eq!(ends.len(), 2, "{f:?}");
+        for i in ends {
+            assert!(f[i + 1].is_terminal(), "{f:?}");
+            assert_eq!(f[i + 1].task_id(), f[i].task_id(), "{f:?}");
+        }
+        assert_eq!(lines_of(&f).len(), 1, "c's new line: {f:?}");
     }
 
     #[tokio::test]
