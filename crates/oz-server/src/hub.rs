@@ -647,12 +647,26 @@ impl Hub {
         to: RunState,
         status: StatusMessage,
     ) -> Result<Option<Run>, oz_store::StoreError> {
+        self.end_run_logged(run_id, from, to, status, None).await
+    }
+
+    /// [`Hub::end_run`], recording where the run's log ends in the same
+    /// transition when `log_last_seq` is given.
+    async fn end_run_logged(
+        &self,
+        run_id: &str,
+        from: &[RunState],
+        to: RunState,
+        status: StatusMessage,
+        log_last_seq: Option<u64>,
+    ) -> Result<Option<Run>, oz_store::StoreError> {
         let now_ts = now();
         let patch = RunPatch {
             status_message: Some(Some(status)),
             holder: Some(None),
             token_hash: Some(None),
             ended_at: Some(Some(now_ts.clone())),
+            log_last_seq,
             ..Default::default()
         };
         let run = self
@@ -660,7 +674,10 @@ impl Hub {
             .transition(run_id, from, to, patch, &now_ts)
             .await?;
         if let Some(ended) = &run {
-            tracing::info!(run_id, state = %to, "run ended");
+            match log_last_seq {
+                Some(last) => tracing::info!(run_id, state = %to, log_last_seq = last, "run ended"),
+                None => tracing::info!(run_id, state = %to, "run ended"),
+            }
             self.forget(run_id);
             self.logs.publish(run_id, LogEvent::Changed);
             // Follow-ups that waited for this execution start the next one.
@@ -903,20 +920,11 @@ impl Hub {
                 tracing::info!(run_id = %r.task_id, worker_id, reason = %r.reason, "run rejected; back in the queue");
                 self.wake();
             }
-            WorkerMessage::TaskCompleted(c) => {
-                let cancelled = c.task_state.as_deref() == Some("CANCELLED");
-                let (state, status) = if cancelled {
-                    (RunState::Cancelled, StatusMessage::info(c.message))
-                } else {
-                    (RunState::Succeeded, StatusMessage::info(c.message))
-                };
-                self.finish_from_worker(conn_id, &c.task_id, state, status)
-                    .await?;
-            }
-            WorkerMessage::TaskFailed(f) => {
-                let (state, status) = failure_status(&f);
-                self.finish_from_worker(conn_id, &f.task_id, state, status)
-                    .await?;
+            msg @ (WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_)) => {
+                if let Some((run_id, state, status)) = terminal_of(msg) {
+                    self.finish_from_worker(conn_id, &run_id, state, status, None)
+                        .await?;
+                }
             }
             WorkerMessage::WorkerStatus(status) => self.on_status(conn_id, status),
             WorkerMessage::LogLines(batch) => {
@@ -1140,6 +1148,7 @@ impl Hub {
         run_id: &str,
         state: RunState,
         status: StatusMessage,
+        log_last_seq: Option<u64>,
     ) -> Result<(), oz_store::StoreError> {
         if !self.holds(conn_id, run_id) {
             tracing::info!(
@@ -1150,9 +1159,60 @@ impl Hub {
             return Ok(());
         }
         let from = [RunState::Pending, RunState::Claimed, RunState::Inprogress];
-        if self.end_run(run_id, &from, state, status).await?.is_none() {
+        let ended = self
+            .end_run_logged(run_id, &from, state, status, log_last_seq)
+            .await?;
+        if ended.is_none() {
             tracing::debug!(run_id, "late or duplicate result ignored");
+            if let Some(last) = log_last_seq {
+                // The run ended otherwise meanwhile (cancelled): where its
+                // log ends still counts.
+                self.store.set_log_end(run_id, last).await?;
+                self.logs.publish(run_id, LogEvent::Changed);
+            }
             self.forget(run_id);
+        }
+        Ok(())
+    }
+
+    /// A task's `log_end` and its terminal frame, arrived together (a
+    /// worker sends them back to back): one transition ends the run and
+    /// records where its log ends, one commit instead of two. Anything but
+    /// the plain case (the connection holds the run, and the `log_end` is of
+    /// the execution it was handed, which is known without a read) takes
+    /// the two frames one by one.
+    pub async fn on_log_end_and_result(
+        &self,
+        conn_id: &str,
+        worker_id: &str,
+        end: LogEnd,
+        result: WorkerMessage,
+    ) -> Result<(), oz_store::StoreError> {
+        let held = self
+            .reg()
+            .conns
+            .get(conn_id)
+            .and_then(|c| c.running.get(&end.task_id).cloned().flatten());
+        let last = held
+            .filter(|h| {
+                result.is_terminal()
+                    && result.task_id() == end.task_id
+                    && end
+                        .execution_id
+                        .as_ref()
+                        .is_none_or(|e| h.execution_id.as_ref() == Some(e))
+                    && !self.held_elsewhere(conn_id, &end.task_id)
+            })
+            .and_then(|h| end.last_seq.checked_add(h.log_seq_base))
+            .filter(|s| i64::try_from(*s).is_ok());
+        let Some(last) = last else {
+            self.on_frame(conn_id, worker_id, WorkerMessage::LogEnd(end))
+                .await?;
+            return self.on_frame(conn_id, worker_id, result).await;
+        };
+        if let Some((run_id, state, status)) = terminal_of(result) {
+            self.finish_from_worker(conn_id, &run_id, state, status, Some(last))
+                .await?;
         }
         Ok(())
     }
@@ -1281,6 +1341,26 @@ fn age(ts: &str) -> Duration {
 
 /// Map a `task_failed` to the run's final state: what the task itself did
 /// wrong is FAILED; what the infrastructure did is ERROR.
+/// The run, state and status message a terminal frame ends its run with;
+/// `None` for any other frame.
+fn terminal_of(msg: WorkerMessage) -> Option<(String, RunState, StatusMessage)> {
+    match msg {
+        WorkerMessage::TaskCompleted(c) => {
+            let state = if c.task_state.as_deref() == Some("CANCELLED") {
+                RunState::Cancelled
+            } else {
+                RunState::Succeeded
+            };
+            Some((c.task_id, state, StatusMessage::info(c.message)))
+        }
+        WorkerMessage::TaskFailed(f) => {
+            let (state, status) = failure_status(&f);
+            Some((f.task_id, state, status))
+        }
+        _ => None,
+    }
+}
+
 fn failure_status(f: &oz_protocol::TaskFailed) -> (RunState, StatusMessage) {
     let mut message = f.message.clone();
     if let Some(code) = f.exit_code {

@@ -9,13 +9,16 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::SplitStream;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use oz_protocol::WorkerMessage;
+use oz_protocol::logs::LogEnd;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::hub::Hub;
 use crate::state::AppState;
 
 /// A worker pings every 30 s; silence for this long means it is gone.
@@ -25,7 +28,7 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 /// is allocated up front, and was 93% of the server's memory with 1,000
 /// idle workers; a larger frame (a log batch) grows the buffer as needed.
 /// The write buffer is left alone: it is allocated only as frames are
-/// written, and every send flushes it.
+/// written, and every batch of queued frames flushes it.
 const READ_BUFFER: usize = 8 * 1024;
 
 #[derive(Deserialize)]
@@ -84,29 +87,21 @@ async fn serve(
         tokio::select! {
             frame = stream.next() => {
                 deadline = tokio::time::Instant::now() + READ_TIMEOUT;
-                match frame {
-                    Some(Ok(Message::Text(text))) => match WorkerMessage::decode(text.as_str()) {
-                        Ok(msg) => {
-                            let is_log = matches!(msg, WorkerMessage::LogLines(_));
-                            if let Err(e) = hub.on_frame(&conn_id, &worker_id, msg).await {
-                                tracing::error!(error = %e, "cannot record a worker frame");
-                                // A later ack would also cover the lines that were
-                                // not stored (acks are cumulative): drop the
-                                // connection so the worker sends every unacknowledged
-                                // line again after reconnecting.
-                                if is_log {
-                                    break;
-                                }
-                            }
-                        }
-                        Err(e) => tracing::warn!(worker_id, error = %e, "ignoring a frame from the worker"),
-                    },
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
+                if !on_frames(&hub, &conn_id, &worker_id, frame, &mut stream).await {
+                    break;
                 }
             }
             out = rx.recv() => match out {
-                Some(text) => if sink.send(Message::text(text)).await.is_err() { break },
+                Some(text) => {
+                    // What is queued together goes out with one write.
+                    let mut sent = sink.feed(Message::text(text)).await.is_ok();
+                    while sent && let Ok(text) = rx.try_recv() {
+                        sent = sink.feed(Message::text(text)).await.is_ok();
+                    }
+                    if !sent || sink.flush().await.is_err() {
+                        break;
+                    }
+                }
                 None => break,
             },
             _ = ping.tick() => if sink.send(Message::Ping(Default::default())).await.is_err() { break },
@@ -121,4 +116,102 @@ async fn serve(
         }
     }
     hub.disconnect(&conn_id);
+}
+
+/// A frame read from the worker, as far as the hub is concerned.
+enum Read {
+    Frame(WorkerMessage),
+    /// Nothing for the hub (a ping, a pong, a frame that does not decode).
+    Skip,
+    /// The connection is over.
+    End,
+}
+
+fn read(worker_id: &str, frame: Option<Result<Message, axum::Error>>) -> Read {
+    match frame {
+        Some(Ok(Message::Text(text))) => match WorkerMessage::decode(text.as_str()) {
+            Ok(msg) => Read::Frame(msg),
+            Err(e) => {
+                tracing::warn!(worker_id, error = %e, "ignoring a frame from the worker");
+                Read::Skip
+            }
+        },
+        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Read::End,
+        Some(Ok(_)) => Read::Skip,
+    }
+}
+
+/// Hand `frame` to the hub; false when the connection must end. A worker
+/// sends a task's `log_end` right before its result: when the result has
+/// already arrived too, the hub stores both with one transition. Only
+/// frames already read are looked at; nothing waits for the next one.
+async fn on_frames(
+    hub: &Hub,
+    conn_id: &str,
+    worker_id: &str,
+    frame: Option<Result<Message, axum::Error>>,
+    stream: &mut SplitStream<WebSocket>,
+) -> bool {
+    let mut msg = match read(worker_id, frame) {
+        Read::Frame(msg) => msg,
+        Read::Skip => return true,
+        Read::End => return false,
+    };
+    loop {
+        let WorkerMessage::LogEnd(end) = msg else {
+            return record(hub, conn_id, worker_id, msg).await;
+        };
+        let next = match stream.next().now_or_never() {
+            Some(frame) => read(worker_id, frame),
+            None => Read::Skip,
+        };
+        match next {
+            Read::Frame(result) if result.is_terminal() && result.task_id() == end.task_id => {
+                return together(hub, conn_id, worker_id, end, result).await;
+            }
+            Read::Frame(other) => {
+                if !record(hub, conn_id, worker_id, WorkerMessage::LogEnd(end)).await {
+                    return false;
+                }
+                msg = other;
+            }
+            Read::Skip => return record(hub, conn_id, worker_id, WorkerMessage::LogEnd(end)).await,
+            Read::End => {
+                record(hub, conn_id, worker_id, WorkerMessage::LogEnd(end)).await;
+                return false;
+            }
+        }
+    }
+}
+
+/// One frame to the hub; false when the connection must end.
+async fn record(hub: &Hub, conn_id: &str, worker_id: &str, msg: WorkerMessage) -> bool {
+    let is_log = matches!(msg, WorkerMessage::LogLines(_));
+    if let Err(e) = hub.on_frame(conn_id, worker_id, msg).await {
+        tracing::error!(error = %e, "cannot record a worker frame");
+        // A later ack would also cover the lines that were not stored
+        // (acks are cumulative): drop the connection so the worker sends
+        // every unacknowledged line again after reconnecting.
+        if is_log {
+            return false;
+        }
+    }
+    true
+}
+
+/// A `log_end` with its task's terminal frame; see [`Hub::on_log_end_and_result`].
+async fn together(
+    hub: &Hub,
+    conn_id: &str,
+    worker_id: &str,
+    end: LogEnd,
+    result: WorkerMessage,
+) -> bool {
+    if let Err(e) = hub
+        .on_log_end_and_result(conn_id, worker_id, end, result)
+        .await
+    {
+        tracing::error!(error = %e, "cannot record a worker frame");
+    }
+    true
 }

@@ -65,6 +65,19 @@ impl FakeWorker {
             .expect("send");
     }
 
+    /// Frames written with one flush, as a worker sends what is ready
+    /// together (a task's log_end and its result): the server reads them
+    /// at once.
+    async fn send_together(&mut self, msgs: &[WorkerMessage]) {
+        for msg in msgs {
+            self.ws
+                .feed(Message::text(msg.encode()))
+                .await
+                .expect("feed");
+        }
+        self.ws.flush().await.expect("flush");
+    }
+
     async fn expect_ack(&mut self, task_id: &str) -> u64 {
         match self.recv().await {
             ServerMessage::LogAck(a) => {
@@ -470,10 +483,21 @@ async fn a_second_execution_on_the_same_connection_logs_after_the_first() {
     server.wait_running(&run_id).await;
     w.send(&exec_line(&run_id, &exec1, 1, "exec1 a")).await;
     assert_eq!(w.expect_ack(&run_id).await, 1);
-    w.send(&exec_end(&run_id, &exec1, 1)).await;
-    w.send(&completed(&run_id)).await;
+    // The log's end and the result together: one transition stores both.
+    w.send_together(&[exec_end(&run_id, &exec1, 1), completed(&run_id)])
+        .await;
     let run = server.wait_terminal(&run_id, WAIT).await;
     assert_eq!(run["state"], "SUCCEEDED", "{run}");
+    let (texts, complete) = stored_log(&server, &run_id).await;
+    assert_eq!(texts, ["exec1 a"]);
+    assert_eq!(complete, true, "the log_end was stored with the result");
+    assert!(
+        server.log().contains(&format!(
+            "run_id=\"{run_id}\" state=SUCCEEDED log_last_seq=1"
+        )),
+        "one transition stored both: {}",
+        server.log()
+    );
 
     follow_up(&server, &run_id).await;
     let exec2 = assignment(&mut w).await.execution_id;
@@ -486,13 +510,19 @@ async fn a_second_execution_on_the_same_connection_logs_after_the_first() {
     assert_eq!(w.expect_ack(&run_id).await, 2, "acknowledged, so it drains");
     w.send(&exec_line(&run_id, &exec2, 1, "exec2 a")).await;
     assert_eq!(w.expect_ack(&run_id).await, 1, "in the worker's numbering");
-    w.send(&exec_end(&run_id, &exec2, 1)).await;
-    w.send(&completed(&run_id)).await;
+    // The second execution's end is in its own numbering too.
+    w.send_together(&[exec_end(&run_id, &exec2, 1), completed(&run_id)])
+        .await;
     let run = server.wait_terminal(&run_id, WAIT).await;
     assert_eq!(run["state"], "SUCCEEDED", "{run}");
     let (texts, complete) = stored_log(&server, &run_id).await;
     assert_eq!(texts, ["exec1 a", "exec2 a"]);
     assert_eq!(complete, true);
+    let v = server
+        .get(&format!("/api/v1/agent/runs/{run_id}/logs"))
+        .await
+        .json();
+    assert_eq!(v["next_seq"], 2, "{v}");
 }
 
 /// A worker that lost a run (lease expired), then comes back after a
@@ -531,8 +561,8 @@ async fn a_past_execution_cannot_touch_the_follow_up_execution() {
         2,
         "acknowledged, so it drains"
     );
-    late.send(&exec_end(&run_id, &exec1, 2)).await;
-    late.send(&completed(&run_id)).await;
+    late.send_together(&[exec_end(&run_id, &exec1, 2), completed(&run_id)])
+        .await;
 
     // The new execution goes on and ends on its own terms.
     second.send(&exec_line(&run_id, &exec2, 1, "exec2 a")).await;
@@ -542,8 +572,9 @@ async fn a_past_execution_cannot_touch_the_follow_up_execution() {
         run["state"], "CLAIMED",
         "the late result changed nothing: {run}"
     );
-    second.send(&exec_end(&run_id, &exec2, 1)).await;
-    second.send(&completed(&run_id)).await;
+    second
+        .send_together(&[exec_end(&run_id, &exec2, 1), completed(&run_id)])
+        .await;
     let run = server.wait_terminal(&run_id, WAIT).await;
     assert_eq!(run["state"], "SUCCEEDED", "{run}");
     let (texts, complete) = stored_log(&server, &run_id).await;

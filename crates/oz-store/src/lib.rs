@@ -246,6 +246,9 @@ pub struct RunPatch {
     pub token_hash: Option<Option<String>>,
     /// Count a new execution (an assignment).
     pub new_execution: bool,
+    /// Where the run's log ends (the worker's `log_end`, in the run's
+    /// numbering), when it arrives with the change.
+    pub log_last_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -562,9 +562,16 @@ fn push_patch(sql: &mut Query, patch: RunPatch) -> Result<()> {
         cancel_requested_at,
         token_hash,
         new_execution,
+        log_last_seq,
     } = patch;
     if new_execution {
         sql.push(", executions = executions + 1");
+    }
+    if let Some(last) = log_last_seq {
+        let last = i64::try_from(last)
+            .map_err(|_| StoreError::Invalid(format!("log last_seq {last} is too large")))?;
+        let p = sql.arg(last);
+        sql.push(&format!(", log_last_seq = {p}"));
     }
     let status_message = match status_message {
         None => None,

@@ -422,6 +422,7 @@ mod story {
                     cancel_requested_at: Some(None),
                     token_hash: Some(None),
                     new_execution: true,
+                    log_last_seq: Some(42),
                 },
                 &at(7),
             )
@@ -433,6 +434,7 @@ mod story {
         assert_eq!(ended.executions, 1);
         assert_eq!(ended.execution_id, None);
         assert_eq!(ended.started_at, None);
+        assert_eq!(ended.log_last_seq, Some(42));
         assert_eq!(ended.cancel_requested_at, None);
         assert_eq!(ended.token_hash, None);
         assert_eq!(s.get_run("r").await.unwrap(), Some(ended));
