@@ -921,8 +921,8 @@ impl Hub {
                 self.wake();
             }
             msg @ (WorkerMessage::TaskCompleted(_) | WorkerMessage::TaskFailed(_)) => {
-                if let Some((run_id, state, status)) = terminal_of(msg) {
-                    self.finish_from_worker(conn_id, &run_id, state, status, None)
+                if let Some((run_id, state, status)) = terminal_of(&msg) {
+                    self.finish_from_worker(conn_id, &run_id, state, status)
                         .await?;
                 }
             }
@@ -1148,28 +1148,14 @@ impl Hub {
         run_id: &str,
         state: RunState,
         status: StatusMessage,
-        log_last_seq: Option<u64>,
     ) -> Result<(), oz_store::StoreError> {
         if !self.holds(conn_id, run_id) {
-            tracing::info!(
-                run_id,
-                connection = conn_id,
-                "ignoring a result for a run this connection does not hold (late, or not its own)"
-            );
+            ignoring_result(conn_id, run_id);
             return Ok(());
         }
         let from = [RunState::Pending, RunState::Claimed, RunState::Inprogress];
-        let ended = self
-            .end_run_logged(run_id, &from, state, status, log_last_seq)
-            .await?;
-        if ended.is_none() {
+        if self.end_run(run_id, &from, state, status).await?.is_none() {
             tracing::debug!(run_id, "late or duplicate result ignored");
-            if let Some(last) = log_last_seq {
-                // The run ended otherwise meanwhile (cancelled): where its
-                // log ends still counts.
-                self.store.set_log_end(run_id, last).await?;
-                self.logs.publish(run_id, LogEvent::Changed);
-            }
             self.forget(run_id);
         }
         Ok(())
@@ -1180,7 +1166,9 @@ impl Hub {
     /// records where its log ends, one commit instead of two. Anything but
     /// the plain case (the connection holds the run, and the `log_end` is of
     /// the execution it was handed, which is known without a read) takes
-    /// the two frames one by one.
+    /// the two frames one by one, and so does the `log_end` whenever the
+    /// transition does not happen: the end of the log is stored whatever
+    /// becomes of the result, as if the frames had come apart.
     pub async fn on_log_end_and_result(
         &self,
         conn_id: &str,
@@ -1205,16 +1193,47 @@ impl Hub {
             })
             .and_then(|h| end.last_seq.checked_add(h.log_seq_base))
             .filter(|s| i64::try_from(*s).is_ok());
-        let Some(last) = last else {
-            self.on_frame(conn_id, worker_id, WorkerMessage::LogEnd(end))
-                .await?;
+        let (Some(last), Some((run_id, state, status))) = (last, terminal_of(&result)) else {
+            let alone = self
+                .on_frame(conn_id, worker_id, WorkerMessage::LogEnd(end))
+                .await;
+            if let Err(e) = alone {
+                tracing::error!(error = %e, "cannot record a worker frame");
+            }
             return self.on_frame(conn_id, worker_id, result).await;
         };
-        if let Some((run_id, state, status)) = terminal_of(result) {
-            self.finish_from_worker(conn_id, &run_id, state, status, Some(last))
-                .await?;
+        // With a multi-thread runtime a sweep may have let the run go
+        // since `held` was read.
+        if !self.holds(conn_id, &run_id) {
+            ignoring_result(conn_id, &run_id);
+            return self.lone_log_end(conn_id, &end).await;
         }
-        Ok(())
+        let from = [RunState::Pending, RunState::Claimed, RunState::Inprogress];
+        match self
+            .end_run_logged(&run_id, &from, state, status, Some(last))
+            .await
+        {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                tracing::debug!(run_id, "late or duplicate result ignored");
+                self.forget(&run_id);
+                self.lone_log_end(conn_id, &end).await
+            }
+            Err(e) => {
+                if let Err(e) = self.lone_log_end(conn_id, &end).await {
+                    tracing::error!(error = %e, "cannot record a worker frame");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A `log_end` stored on its own, with every check a lone frame gets.
+    async fn lone_log_end(&self, conn_id: &str, end: &LogEnd) -> Result<(), oz_store::StoreError> {
+        let Some(team_id) = self.conn_team(conn_id) else {
+            return Ok(());
+        };
+        self.store_log_end(conn_id, &team_id, end).await.map(|_| ())
     }
 
     fn attach(&self, conn_id: &str, run_id: &str) {
@@ -1343,7 +1362,7 @@ fn age(ts: &str) -> Duration {
 /// wrong is FAILED; what the infrastructure did is ERROR.
 /// The run, state and status message a terminal frame ends its run with;
 /// `None` for any other frame.
-fn terminal_of(msg: WorkerMessage) -> Option<(String, RunState, StatusMessage)> {
+fn terminal_of(msg: &WorkerMessage) -> Option<(String, RunState, StatusMessage)> {
     match msg {
         WorkerMessage::TaskCompleted(c) => {
             let state = if c.task_state.as_deref() == Some("CANCELLED") {
@@ -1351,14 +1370,26 @@ fn terminal_of(msg: WorkerMessage) -> Option<(String, RunState, StatusMessage)> 
             } else {
                 RunState::Succeeded
             };
-            Some((c.task_id, state, StatusMessage::info(c.message)))
+            Some((
+                c.task_id.clone(),
+                state,
+                StatusMessage::info(c.message.clone()),
+            ))
         }
         WorkerMessage::TaskFailed(f) => {
-            let (state, status) = failure_status(&f);
-            Some((f.task_id, state, status))
+            let (state, status) = failure_status(f);
+            Some((f.task_id.clone(), state, status))
         }
         _ => None,
     }
+}
+
+fn ignoring_result(conn_id: &str, run_id: &str) {
+    tracing::info!(
+        run_id,
+        connection = conn_id,
+        "ignoring a result for a run this connection does not hold (late, or not its own)"
+    );
 }
 
 fn failure_status(f: &oz_protocol::TaskFailed) -> (RunState, StatusMessage) {

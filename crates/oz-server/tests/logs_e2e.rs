@@ -581,3 +581,67 @@ async fn a_past_execution_cannot_touch_the_follow_up_execution() {
     assert_eq!(texts, ["exec1 a", "exec2 a"]);
     assert_eq!(complete, true);
 }
+
+/// A run ended elsewhere (here: by another server on the same database, as
+/// a replica's sweep would) while this server's connection still holds it:
+/// the worker's log_end and result arrive together, the result is refused,
+/// and the log still ends where the worker said.
+#[tokio::test]
+async fn a_log_end_with_a_refused_result_still_ends_the_log() {
+    use oz_protocol::api::RunState;
+    use oz_store::{RunPatch, Store};
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]).await;
+    let key = server.create_key("worker", "fake worker").await;
+    let mut w = FakeWorker::connect(&server, "w", &key).await;
+    let run_id = server.submit("p", Some("w")).await;
+    let exec = assignment(&mut w).await.execution_id;
+    w.send(&claimed(&run_id)).await;
+    server.wait_running(&run_id).await;
+    w.send(&exec_line(&run_id, &exec, 1, "a")).await;
+    assert_eq!(w.expect_ack(&run_id).await, 1);
+
+    let replica = oz_store::SqliteStore::open(&sb.data_dir().join("oz.db"))
+        .await
+        .expect("the server's database");
+    let now = oz_store::ts(chrono::Utc::now());
+    let cancelled = replica
+        .transition(
+            &run_id,
+            &[RunState::Claimed, RunState::Inprogress],
+            RunState::Cancelled,
+            RunPatch {
+                ended_at: Some(Some(now.clone())),
+                ..RunPatch::default()
+            },
+            &now,
+        )
+        .await
+        .expect("the replica's transition");
+    assert!(cancelled.is_some());
+
+    w.send_together(&[exec_end(&run_id, &exec, 1), completed(&run_id)])
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (texts, complete) = stored_log(&server, &run_id).await;
+        if complete == true {
+            assert_eq!(texts, ["a"]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never completed: {}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let run = server.run(&run_id).await;
+    assert_eq!(
+        run["state"], "CANCELLED",
+        "the result changed nothing: {run}"
+    );
+    // The log ended by the log_end (seq 1), not by the 10 s grace.
+    let stored = replica.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(stored.log_last_seq, Some(1));
+}
