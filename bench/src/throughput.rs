@@ -5,13 +5,14 @@
 //! with a trivial setup and teardown hook. Each setup gets a fresh server.
 //!
 //! Load is closed-loop with a bounded backlog: four submitters keep at most
-//! `4 × slots + 16` runs submitted but not yet seen ended; the bench checks
-//! the runs in submission order (a GET each, paced by the completion rate)
-//! and lets one more in per ended run. A pilot of `max(4 × slots, 40)` runs
-//! warms up and sizes the measurement to about `--seconds`. The rate is
-//! taken from the server's end timestamps after the first 10% of the runs
-//! (`steady`), and over the whole measurement from the first POST
-//! (`overall`). The floor (see `floor`) is measured at the same
+//! `4 × slots + 16` runs submitted but not yet seen ended, and let one more
+//! in per ended run. The bench sees runs end through the runs list, one
+//! request every 10 ms for all that ended meanwhile (`Watch::List`), or
+//! with a GET per run in submission order (`Watch::Get`). A pilot of
+//! `max(4 × slots, 40)` runs warms up and sizes the measurement to about
+//! `--seconds`. The rate is taken from the server's end timestamps after
+//! the first 10% of the runs (`steady`), and over the whole measurement
+//! from the first POST (`overall`). The floor (see `floor`) is measured at the same
 //! concurrency and hooks; the ratio is ours / floor. With `--rounds N` each
 //! setup is measured N times, each right after its own floor measurement,
 //! and the round with the median ratio is reported with all of them.
