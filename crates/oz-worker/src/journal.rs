@@ -314,14 +314,20 @@ impl ResultJournal {
         if self.sync_started >= self.written || self.compacting.is_some() {
             return None;
         }
+        Some(self.sync_all_written())
+    }
+
+    /// The sync covering every result written so far, marked started. The
+    /// file is the current one (after a rewrite the new file, already
+    /// synced: cheap), with the directory while a rename is not known to be
+    /// on disk.
+    fn sync_all_written(&mut self) -> ToSync {
         self.sync_started = self.written;
-        // After a rewrite this is the new file (already synced; cheap).
-        let file = self.file().and_then(|f| f.try_clone());
-        Some(ToSync {
-            file,
+        ToSync {
+            file: self.file().and_then(|f| f.try_clone()),
             dir: self.unsynced_dir(),
             ticket: self.written,
-        })
+        }
     }
 
     /// A sync that included the directory succeeded: the last rename is on
@@ -388,12 +394,7 @@ impl ResultJournal {
                 }
             }
         }
-        self.sync_started = self.written;
-        ToSync {
-            file: self.file().and_then(|f| f.try_clone()),
-            dir: self.unsynced_dir(),
-            ticket: self.written,
-        }
+        self.sync_all_written()
     }
 
     /// A compaction that will not be installed: the half-built file goes,
